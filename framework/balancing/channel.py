@@ -1,0 +1,269 @@
+"""BalancedChannel: a grpc.aio.Channel that spreads calls over the endpoints of a target.
+
+The hot path (a picker exists and the method has no client middleware) is: pick a subchannel,
+look up its cached multicallable, call it. The grpc call object is returned as it is.
+Everything else (middleware, waiting for a first resolution, wait_for_ready, fail-fast errors)
+goes through the composed handler and a ChainedCall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from ..discovery import Endpoint, Resolver
+from ..middleware import CallContext, Kind, Method, Middleware, compose
+from .calls import ChainedCall, RequestQueue, announce_call, rpc_error
+from .picker import Picker
+from .pool import SubchannelPool
+from .subchannel import State, Subchannel
+
+log = logging.getLogger("gz.balancing")
+
+# How long a removed endpoint's in-flight calls may run on before they are cancelled.
+REMOVED_ENDPOINT_GRACE = 30.0
+
+
+class BalancedChannel(grpc.aio.Channel):
+    """Made by ``framework.connect()``; use it wherever a grpc.aio channel is expected."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        *,
+        picker: type[Picker],
+        middleware: Sequence[Middleware] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        options: Sequence[tuple[str, Any]] = (),
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.target = resolver.target
+        self.timeout = timeout
+        self._resolver = resolver
+        self._picker_class = picker
+        self._middleware = tuple(middleware)
+        self._interceptors = list(interceptors) or None
+        self._options = tuple(options)
+        self._credentials = credentials
+        self._pool: SubchannelPool | None = None
+        self._resolving: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- resolution ---------------------------------------------------------------------------
+    def _start(self) -> SubchannelPool:
+        """Begin resolving on first use, inside the event loop that will make the calls."""
+        if self._closed:
+            raise grpc.aio.UsageError(f"the channel to {self.target} is closed")
+        if self._pool is None:
+            self._pool = SubchannelPool(
+                self.target,
+                self._make_channel,
+                self._picker_class,
+                self._resolver.resolve_now,
+                REMOVED_ENDPOINT_GRACE,
+            )
+            self._resolving = asyncio.get_running_loop().create_task(self._resolve(self._pool))
+        return self._pool
+
+    async def _resolve(self, pool: SubchannelPool) -> None:
+        try:
+            await self._resolver.watch(pool)
+        except Exception as error:  # a broken resolver must not take the channel down
+            log.exception("%s: the resolver stopped", self.target)
+            pool.error(f"{self.target}: the resolver stopped: {error}")
+
+    def _make_channel(self, endpoint: Endpoint) -> grpc.aio.Channel:
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(
+                endpoint.address, self._credentials, self._options, interceptors=self._interceptors
+            )
+        return grpc.aio.insecure_channel(
+            endpoint.address, self._options, interceptors=self._interceptors
+        )
+
+    async def pick_when_ready(self, deadline: float | None, wait_for_ready: bool) -> Subchannel:
+        """A subchannel, waiting for one if the target is not resolved yet or the call asked for
+        wait_for_ready; otherwise fail fast with UNAVAILABLE naming the target."""
+        pool = self._start()
+        while True:
+            if pool.picker is not None:
+                return pool.picker.pick()
+            if self._closed:
+                raise rpc_error(grpc.StatusCode.CANCELLED, f"the channel to {self.target} closed")
+            if not wait_for_ready and (pool.resolved or pool.last_error):
+                raise rpc_error(grpc.StatusCode.UNAVAILABLE, pool.why_unavailable())
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise rpc_error(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"deadline passed while waiting for an endpoint: {pool.why_unavailable()}",
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.wait_for_change(), remaining)
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """The endpoints currently resolved (empty before first use)."""
+        return sorted(self._pool.subchannels) if self._pool is not None else []
+
+    # -- grpc.aio.Channel ---------------------------------------------------------------------
+    async def __aenter__(self) -> BalancedChannel:
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._resolving is not None:
+            self._resolving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resolving
+        if self._pool is not None:
+            await self._pool.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        if self._closed:
+            return State.SHUTDOWN
+        if self._pool is None:
+            if not try_to_connect:
+                return State.IDLE
+            self._start()
+        assert self._pool is not None
+        return self._pool.state()
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        pool = self._start()
+        while pool.state() == last_observed_state and not self._closed:
+            await pool.wait_for_change()
+
+    async def channel_ready(self) -> None:
+        pool = self._start()
+        while pool.state() != State.READY:
+            await pool.wait_for_change()
+
+    def unary_unary(self, method, request_serializer=None, response_deserializer=None,
+                    _registered_method=False):  # fmt: skip
+        return _UnaryUnary(self, method, Kind.UNARY_UNARY, request_serializer,
+                           response_deserializer, _registered_method)  # fmt: skip
+
+    def unary_stream(self, method, request_serializer=None, response_deserializer=None,
+                     _registered_method=False):  # fmt: skip
+        return _UnaryStream(self, method, Kind.UNARY_STREAM, request_serializer,
+                            response_deserializer, _registered_method)  # fmt: skip
+
+    def stream_unary(self, method, request_serializer=None, response_deserializer=None,
+                     _registered_method=False):  # fmt: skip
+        return _StreamUnary(self, method, Kind.STREAM_UNARY, request_serializer,
+                            response_deserializer, _registered_method)  # fmt: skip
+
+    def stream_stream(self, method, request_serializer=None, response_deserializer=None,
+                      _registered_method=False):  # fmt: skip
+        return _StreamStream(self, method, Kind.STREAM_STREAM, request_serializer,
+                             response_deserializer, _registered_method)  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"<BalancedChannel {self.target} {len(self.endpoints)} endpoints>"
+
+
+class _MultiCallable:
+    """Shared by the four call kinds; only the name of the first argument differs."""
+
+    __slots__ = ("_channel", "_method", "_factory", "_serializer", "_deserializer", "_registered",
+                 "_handler", "_direct")  # fmt: skip
+
+    def __init__(self, channel: BalancedChannel, method: str | bytes, kind: Kind,
+                 serializer: Any, deserializer: Any, registered: bool) -> None:  # fmt: skip
+        name = method.decode() if isinstance(method, bytes) else method
+        self._channel = channel
+        self._method = Method(name, kind, "client")
+        self._factory = kind.name.lower()  # the grpc.aio.Channel method making this kind
+        self._serializer, self._deserializer, self._registered = serializer, deserializer, registered
+        endpoint = self._stream_endpoint if kind.response_streaming else self._unary_endpoint
+        self._handler = compose(channel._middleware, self._method, endpoint)
+        self._direct = self._handler == endpoint  # no middleware: calls may take the hot path
+
+    def _bind(self, subchannel: Subchannel) -> Any:
+        callable_ = getattr(subchannel.channel, self._factory)(
+            self._method.full_name, self._serializer, self._deserializer,
+            _registered_method=self._registered,
+        )  # fmt: skip
+        subchannel.callables[self] = callable_
+        return callable_
+
+    def __call__(self, request: Any = None, *, timeout: float | None = None,
+                 metadata: Any = None, credentials: grpc.CallCredentials | None = None,
+                 wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:  # fmt: skip
+        if timeout is None:
+            timeout = self._channel.timeout
+        pool = self._channel._pool
+        if self._direct and pool is not None and pool.picker is not None:
+            subchannel = pool.picker.pick()
+            callable_ = subchannel.callables.get(self) or self._bind(subchannel)
+            return callable_(request, timeout=timeout, metadata=metadata, credentials=credentials,
+                             wait_for_ready=wait_for_ready, compression=compression)  # fmt: skip
+        return self._chained(request, timeout, metadata, credentials, wait_for_ready, compression)
+
+    def _chained(self, request: Any, timeout: float | None, metadata: Any,
+                 credentials: Any, wait_for_ready: Any, compression: Any) -> ChainedCall:  # fmt: skip
+        self._channel._start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        options = {"credentials": credentials, "wait_for_ready": wait_for_ready,
+                   "compression": compression}  # fmt: skip
+        ctx = CallContext(self._method, list(metadata or ()), deadline, options=options)
+        requests = None
+        if self._method.kind.request_streaming and request is None:
+            request = requests = RequestQueue()
+        if self._method.kind.response_streaming:
+            return ChainedCall(ctx, responses=self._handler(ctx, request), requests=requests)
+        return ChainedCall(ctx, run=lambda: self._handler(ctx, request), requests=requests)
+
+    async def _start_call(self, ctx: CallContext, request: Any) -> Any:
+        try:
+            subchannel = await self._channel.pick_when_ready(
+                ctx.deadline, bool(ctx.options.get("wait_for_ready"))
+            )
+        except BaseException:
+            announce_call(ctx, None)
+            raise
+        callable_ = subchannel.callables.get(self) or self._bind(subchannel)
+        ctx.peer = subchannel.endpoint.address
+        timeout = None if ctx.deadline is None else max(0.0, ctx.deadline - time.monotonic())
+        call = callable_(request, timeout=timeout, metadata=ctx.metadata or None, **ctx.options)
+        announce_call(ctx, call)
+        return call
+
+    async def _unary_endpoint(self, ctx: CallContext, request: Any) -> Any:
+        return await (await self._start_call(ctx, request))
+
+    async def _stream_endpoint(self, ctx: CallContext, request: Any) -> AsyncIterator[Any]:
+        call = await self._start_call(ctx, request)
+        async for response in call:
+            yield response
+
+
+class _UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):
+    __slots__ = ()
+
+
+class _UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable):
+    __slots__ = ()
+
+
+class _StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):
+    __slots__ = ()
+
+
+class _StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):
+    __slots__ = ()

@@ -1,0 +1,122 @@
+"""The subchannel pool: one subchannel per resolved endpoint, changed only by difference."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from ..discovery import Endpoint
+from .picker import Picker
+from .subchannel import State, Subchannel
+
+log = logging.getLogger("gz.balancing")
+
+# Preferred first: READY subchannels; while none is, those still coming up (the call then waits
+# for the connection as a plain grpc channel would). TRANSIENT_FAILURE ones are never picked.
+_TIERS = ((State.READY,), (State.IDLE, State.CONNECTING))
+_LOST = (State.TRANSIENT_FAILURE, State.SHUTDOWN)
+
+
+class SubchannelPool:
+    """Receives endpoint sets from a resolver (it is the resolver's Listener), keeps a subchannel
+    per endpoint and publishes a picker over the usable ones."""
+
+    def __init__(
+        self,
+        target: str,
+        make_channel: Callable[[Endpoint], grpc.aio.Channel],
+        picker_class: type[Picker],
+        on_failure: Callable[[], None],
+        close_grace: float = 30.0,
+    ) -> None:
+        self.target = target
+        self.picker: Picker | None = None
+        self.subchannels: dict[Endpoint, Subchannel] = {}
+        self.resolved = False
+        self.last_error: str | None = None
+        self._make_channel = make_channel
+        self._picker_class = picker_class
+        self._on_failure = on_failure
+        self._close_grace = close_grace
+        self._changed = asyncio.get_running_loop().create_future()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # -- Listener -----------------------------------------------------------------------------
+    def update(self, endpoints: frozenset[Endpoint]) -> None:
+        current = self.subchannels.keys()
+        added, removed = endpoints - current, current - endpoints
+        for endpoint in removed:
+            self._retire(self.subchannels.pop(endpoint))
+        for endpoint in sorted(added):
+            subchannel = Subchannel(endpoint, self._make_channel(endpoint), self._state_changed)
+            self.subchannels[endpoint] = subchannel
+            subchannel.start()
+        if added or removed or not self.resolved:
+            log.info(
+                "%s: %d endpoints (+%d -%d)", self.target, len(endpoints), len(added), len(removed)
+            )
+        self.resolved, self.last_error = True, None
+        self._rebuild()
+
+    def error(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("%s (keeping the last %d endpoints)", message, len(self.subchannels))
+        self.last_error = message
+        self._notify()
+
+    # -- state --------------------------------------------------------------------------------
+    def _state_changed(self, subchannel: Subchannel, old: State, new: State) -> None:
+        if new in _LOST or old == State.READY:
+            self._on_failure()
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.picker = None
+        for tier in _TIERS:
+            usable = [s for s in self.subchannels.values() if s.state in tier]
+            if usable:
+                self.picker = self._picker_class(usable)
+                break
+        self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        if not changed.done():
+            changed.set_result(None)
+
+    async def wait_for_change(self) -> None:
+        """Return at the next picker rebuild or resolver error."""
+        await asyncio.shield(self._changed)
+
+    def state(self) -> State:
+        """The best state of any subchannel, as a plain channel would report it."""
+        states = {s.state for s in self.subchannels.values()}
+        for state in (State.READY, State.CONNECTING, State.IDLE, State.TRANSIENT_FAILURE):
+            if state in states:
+                return state
+        return State.IDLE if not self.resolved else State.TRANSIENT_FAILURE
+
+    def why_unavailable(self) -> str:
+        """Why no subchannel can be picked, for the UNAVAILABLE status a call gets."""
+        if not self.resolved:
+            cause = f": {self.last_error}" if self.last_error else ""
+            return f"{self.target}: no endpoints resolved yet{cause}"
+        if not self.subchannels:
+            return f"{self.target}: the target has no endpoints"
+        endpoints = ", ".join(str(e) for e in sorted(self.subchannels))
+        return f"{self.target}: every endpoint is failing to connect ({endpoints})"
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def _retire(self, subchannel: Subchannel) -> None:
+        """Close in the background once its in-flight calls finish (bounded by close_grace)."""
+        task = asyncio.get_running_loop().create_task(subchannel.close(self._close_grace))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self, grace: float | None) -> None:
+        subchannels, self.subchannels, self.picker = list(self.subchannels.values()), {}, None
+        await asyncio.gather(*(s.close(grace) for s in subchannels), *self._closing)
+        self._notify()

@@ -1,0 +1,86 @@
+"""Target strings: ``scheme://authority/endpoint?params`` or a bare logical service name."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+FORMS: dict[str, str] = {
+    "direct": "direct:///host1:port1,host2:port2",
+    "dns": "dns:///name:port or dns:///name:port?refresh=10s",
+    "etcd": "etcd://host1:2379,host2:2379/KEY or etcd:///KEY",
+    "k8s": "k8s://namespace/service:port or k8s:///service:port",
+}
+ALL_FORMS = "; ".join(FORMS.values()) + "; or a bare service name such as greeter"
+
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://(.*)$", re.IGNORECASE | re.DOTALL)
+_BARE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?(:[A-Za-z0-9-]+)?$")
+# A bare name with GZ_DISCOVERY becomes one of these; k8s uses the port named "grpc".
+_DISCOVERY_TEMPLATES = {
+    "etcd": "etcd:///{name}",
+    "k8s": "k8s:///{name}:{port}",
+    "dns": "dns:///{name}:{port}",
+}
+_DEFAULT_PORTS = {"k8s": "grpc", "dns": "8080"}
+
+
+class TargetError(ValueError):
+    """A target gz cannot use; the message quotes it and shows the right form."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    text: str
+    scheme: str
+    authority: str
+    endpoint: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def error(self, problem: str) -> TargetError:
+        """A TargetError quoting this target, saying what is wrong and the right form."""
+        return TargetError(f"bad target {self.text!r}: {problem}; expected {FORMS[self.scheme]}")
+
+
+def parse_target(text: str) -> Target:
+    """Split a ``scheme://authority/endpoint?params`` target; the backend checks the rest."""
+    if not isinstance(text, str) or not text.strip():
+        raise TargetError(f"bad target {text!r}: empty; expected {ALL_FORMS}")
+    match = _SCHEME.match(text.strip())
+    if match is None:
+        raise TargetError(f"bad target {text!r}: no scheme; expected {ALL_FORMS}")
+    scheme, rest = match.group(1).lower(), match.group(2)
+    if scheme not in FORMS:
+        raise TargetError(f"bad target {text!r}: unknown scheme {scheme!r}; expected {ALL_FORMS}")
+    rest, _, query = rest.partition("?")
+    authority, slash, endpoint = rest.partition("/")
+    target = Target(text, scheme, authority, endpoint, dict(parse_qsl(query)))
+    if not slash or not endpoint:
+        raise target.error("nothing after the authority")
+    if query and not target.params:
+        raise target.error(f"unreadable parameters {query!r}")
+    return target
+
+
+def expand_bare_name(text: str, env: Mapping[str, str] | None = None) -> str:
+    """A bare logical name (``greeter`` or ``greeter:8080``) becomes a full target via
+    GZ_TARGET_<NAME>, else GZ_DISCOVERY; a full target is returned unchanged."""
+    if "://" in text:
+        return text
+    env = os.environ if env is None else env
+    if not _BARE_NAME.match(text):
+        raise TargetError(f"bad target {text!r}: expected {ALL_FORMS}")
+    name, _, port = text.partition(":")
+    variable = "GZ_TARGET_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
+    if env.get(variable):
+        return env[variable]
+    discovery = env.get("GZ_DISCOVERY", "")
+    if discovery not in _DISCOVERY_TEMPLATES:
+        raise TargetError(
+            f"bad target {text!r}: a bare service name needs {variable} (a full target) or "
+            f"GZ_DISCOVERY=etcd|k8s|dns" + (f", not {discovery!r}" if discovery else "")
+        )
+    port = port or _DEFAULT_PORTS.get(discovery, "")
+    return _DISCOVERY_TEMPLATES[discovery].format(name=name, port=port)

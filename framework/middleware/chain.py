@@ -1,0 +1,115 @@
+"""One middleware mechanism for clients and servers.
+
+A middleware wraps the handling of a call: ``unary`` for calls with one response, ``stream`` for
+calls with a stream of responses. The chain for a method is composed once (when a stub is made on
+the client, when a servicer is registered on the server) and a middleware that does not apply to
+the method, or does not override the hook, is left out of it: an empty chain costs nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import grpc
+
+
+class Kind(enum.Enum):
+    UNARY_UNARY = (False, False)
+    UNARY_STREAM = (False, True)
+    STREAM_UNARY = (True, False)
+    STREAM_STREAM = (True, True)
+
+    @property
+    def request_streaming(self) -> bool:
+        return self.value[0]
+
+    @property
+    def response_streaming(self) -> bool:
+        return self.value[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """What a middleware knows about a method before any call is made."""
+
+    full_name: str  # "/greeter.v1.Greeter/SayHello"
+    kind: Kind
+    side: Literal["client", "server"]
+
+    @property
+    def service(self) -> str:
+        return self.full_name.lstrip("/").partition("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.full_name.rpartition("/")[2]
+
+
+class CallContext:
+    """One call as middleware sees it. On the client, ``metadata`` and ``deadline`` are what will
+    be sent and may be changed; on the server they are what arrived, and ``servicer_context`` is
+    grpc's own context."""
+
+    __slots__ = ("method", "metadata", "deadline", "peer", "servicer_context", "options", "state")
+
+    def __init__(
+        self,
+        method: Method,
+        metadata: list[tuple[str, str | bytes]],
+        deadline: float | None = None,
+        peer: str | None = None,
+        servicer_context: grpc.aio.ServicerContext | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.method = method
+        self.metadata = metadata
+        self.deadline = deadline  # time.monotonic() when the call must be done, or None
+        self.peer = peer  # server: the caller; client: the endpoint of the latest attempt
+        self.servicer_context = servicer_context
+        self.options = options if options is not None else {}
+        self.state: dict[str, Any] = {}  # free for middleware to share values per call
+
+
+UnaryHandler = Callable[[CallContext, Any], Awaitable[Any]]
+StreamHandler = Callable[[CallContext, Any], AsyncIterator[Any]]
+
+
+class Middleware:
+    """Override ``unary`` and/or ``stream``; both pass the call through unchanged by default.
+    For client-streaming methods ``request`` is the async iterator of requests."""
+
+    def applies_to(self, method: Method) -> bool:
+        """False leaves this middleware out of the method's chain entirely."""
+        return True
+
+    async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
+        return await call_next(ctx, request)
+
+    def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> AsyncIterator[Any]:
+        return call_next(ctx, request)
+
+
+def compose(
+    middleware: Sequence[Middleware], method: Method, endpoint: UnaryHandler | StreamHandler
+) -> UnaryHandler | StreamHandler:
+    """The handler that runs ``middleware`` in order around ``endpoint`` for ``method``."""
+    hook = "stream" if method.kind.response_streaming else "unary"
+    base = getattr(Middleware, hook)
+    handler = endpoint
+    for item in reversed(middleware):
+        if item.applies_to(method) and getattr(type(item), hook) is not base:
+            handler = functools.partial(getattr(item, hook), call_next=handler)
+    return handler
+
+
+def is_empty(middleware: Sequence[Middleware], method: Method) -> bool:
+    """True when composing would return the endpoint itself."""
+    return compose(middleware, method, _sentinel) is _sentinel
+
+
+async def _sentinel(ctx: CallContext, request: Any) -> Any:  # pragma: no cover - never called
+    raise AssertionError

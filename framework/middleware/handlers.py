@@ -1,0 +1,123 @@
+"""Server side of the chain: wrap a servicer's method handlers once, at registration.
+
+A method whose chain is empty keeps grpc's own handler untouched (sync handlers then run in the
+server's thread pool as grpc runs them). Otherwise the handler becomes the composed chain ending
+in the servicer method, which may be ``async def``, an async generator, or plain sync code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import grpc
+
+from .chain import CallContext, Kind, Method, Middleware, StreamHandler, UnaryHandler, compose
+
+_BEHAVIOR_FIELDS = {
+    Kind.UNARY_UNARY: "unary_unary",
+    Kind.UNARY_STREAM: "unary_stream",
+    Kind.STREAM_UNARY: "stream_unary",
+    Kind.STREAM_STREAM: "stream_stream",
+}
+
+
+def wrap_method_handler(
+    full_name: str,
+    handler: grpc.RpcMethodHandler,
+    middleware: Sequence[Middleware],
+    executor: Executor,
+) -> grpc.RpcMethodHandler:
+    """The handler with ``middleware`` around it, or the handler itself when none applies."""
+    kind = Kind((handler.request_streaming, handler.response_streaming))
+    field = _BEHAVIOR_FIELDS[kind]
+    method = Method(full_name, kind, "server")
+    endpoint = _endpoint(getattr(handler, field), kind, executor)
+    chain = compose(middleware, method, endpoint)
+    if chain is endpoint:
+        return handler
+    behavior = _stream_behavior(method, chain) if kind.response_streaming else _unary_behavior(
+        method, chain
+    )
+    return handler._replace(**{field: behavior})  # grpc's RpcMethodHandler is a namedtuple
+
+
+def _context(method: Method, context: grpc.aio.ServicerContext) -> CallContext:
+    remaining = context.time_remaining()
+    return CallContext(
+        method,
+        list(context.invocation_metadata() or ()),
+        None if remaining is None else time.monotonic() + remaining,
+        peer=context.peer(),
+        servicer_context=context,
+    )
+
+
+def _unary_behavior(method: Method, chain: UnaryHandler) -> Callable[..., Any]:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await chain(_context(method, context), request)
+
+    return behavior
+
+
+def _stream_behavior(method: Method, chain: StreamHandler) -> Callable[..., Any]:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in chain(_context(method, context), request):
+            yield response
+
+    return behavior
+
+
+def _endpoint(behavior: Callable[..., Any], kind: Kind, executor: Executor) -> Any:
+    """The last handler of the chain: calls the servicer method however it is written."""
+    if kind.response_streaming:
+
+        async def stream_endpoint(ctx: CallContext, request: Any) -> AsyncIterator[Any]:
+            result = await _invoke(behavior, ctx, request, executor)
+            if inspect.isasyncgen(result):
+                async for response in result:
+                    yield response
+            elif isinstance(result, Iterator):  # a sync generator: advance it off the loop
+                while (item := await _in_thread(executor, next, result, _DONE)) is not _DONE:
+                    yield item
+            # else the method wrote its responses with context.write() and returned None
+
+        return stream_endpoint
+
+    async def unary_endpoint(ctx: CallContext, request: Any) -> Any:
+        return await _invoke(behavior, ctx, request, executor)
+
+    return unary_endpoint
+
+
+_DONE = object()
+
+
+async def _invoke(
+    behavior: Callable[..., Any], ctx: CallContext, request: Any, executor: Executor
+) -> Any:
+    if inspect.iscoroutinefunction(behavior):
+        return await behavior(request, ctx.servicer_context)
+    if inspect.isasyncgenfunction(behavior):
+        return behavior(request, ctx.servicer_context)
+    if ctx.method.kind.request_streaming:
+        request = _blocking_iterator(request, asyncio.get_running_loop())
+    return await _in_thread(executor, behavior, request, ctx.servicer_context)
+
+
+async def _in_thread(executor: Executor, function: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+
+
+def _blocking_iterator(requests: AsyncIterator[Any], loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+    """Lets a sync handler in a worker thread iterate the async request stream."""
+    iterator = requests.__aiter__()
+    while True:
+        try:
+            yield asyncio.run_coroutine_threadsafe(iterator.__anext__(), loop).result()
+        except StopAsyncIteration:
+            return

@@ -1,0 +1,184 @@
+"""The grpc.aio server behind a Service: servicers, health, reflection, registration, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .middleware import Middleware
+from .middleware.handlers import wrap_method_handler
+from .netaddr import advertise_host, join_host_port, parse_host_port
+from .registration import Registration, registration_for
+from .settings import ServerSettings
+
+if TYPE_CHECKING:
+    from .service import Service
+
+log = logging.getLogger("gz.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class Server:
+    """Runs one Service: ``start()``, then ``stop()`` in the documented shutdown order."""
+
+    def __init__(
+        self,
+        service: Service,
+        settings: ServerSettings,
+        middleware: Sequence[Middleware] = (),
+        registration: Registration | None = None,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.address = ""  # the advertised host:port, once listening
+        self.port = 0
+        self.service_names: list[str] = []
+        self._middleware = tuple(middleware)
+        self._registration = registration or registration_for(settings, service.name)
+        self._executor = ThreadPoolExecutor(thread_name_prefix=f"gz-{service.name}")
+        self._server = grpc.aio.server(migration_thread_pool=self._executor)
+        self._health = health.aio.HealthServicer()
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Listen, report SERVING, then register: a registered address never refuses calls."""
+        self.service_names = self._add_servicers()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        try:
+            self.port = self._server.add_insecure_port(self.settings.listen)
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on GZ_LISTEN={self.settings.listen}: {error}") from None
+        await self._server.start()
+        listen_host, _ = parse_host_port(self.settings.listen)
+        host = advertise_host(listen_host, self.settings.advertise_host)
+        self.address = join_host_port(host, self.port)
+        await self.service.on_start()
+        for name in ("", *self.service_names):
+            await self._health.set(name, SERVING)
+        await self._registration.register(self.address)
+        log.info(
+            "serving %s on %s (listening on %s; services: %s)",
+            self.service.name, self.address, self.settings.listen, ", ".join(self.service_names),
+        )  # fmt: skip
+
+    def _add_servicers(self) -> list[str]:
+        """Register every generated servicer base of the service, with middleware applied."""
+        recorder = _RegistrationRecorder(self._server, self._middleware, self._executor)
+        for base in type(self.service).__mro__:
+            add = getattr(sys.modules.get(base.__module__), f"add_{base.__name__}_to_server", None)
+            if callable(add):
+                add(self.service, recorder)
+                recorder.flush()
+        if not recorder.service_names:
+            raise TypeError(
+                f"{type(self.service).__name__} has no generated servicer base class: declare it as "
+                f"class {type(self.service).__name__}(framework.Service, your_pb2_grpc.YourServicer)"
+            )
+        return recorder.service_names
+
+    async def stop(self) -> None:
+        """Not serving and deregistered; wait GZ_SHUTDOWN_DRAIN; stop(grace); then on_stop()."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
+        await self._health.enter_graceful_shutdown()
+        try:
+            await self._registration.deregister()
+        except Exception:  # the drain must go on even if the registry is unreachable
+            log.exception("deregistering %s failed; its lease will expire by itself", self.address)
+        log.info("draining %s for %.3gs", self.address, self.settings.shutdown_drain)
+        await asyncio.sleep(self.settings.shutdown_drain)
+        await self._server.stop(self.settings.shutdown_grace)
+        await self.service.on_stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped %s", self.address)
+
+    async def abort(self) -> None:
+        """Stop now: in-flight calls are cancelled (a second signal)."""
+        await self._server.stop(None)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def serve(self) -> int:
+        """Start, run until SIGTERM or SIGINT, drain; a second signal stops at once (exit 1)."""
+        loop = asyncio.get_running_loop()
+        signals: asyncio.Queue[int] = asyncio.Queue()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, signals.put_nowait, signum)
+        try:
+            await self.start()
+            first = await signals.get()
+            log.info("%s: shutting down gracefully", signal.Signals(first).name)
+            stopping = asyncio.ensure_future(self.stop())
+            second = asyncio.ensure_future(signals.get())
+            await asyncio.wait({stopping, second}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping.done():
+                second.cancel()
+                stopping.result()
+                return 0
+            log.warning("%s again: stopping without draining", signal.Signals(second.result()).name)
+            stopping.cancel()
+            await self.abort()
+            return 1
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+
+class _RegistrationRecorder:
+    """Stands in for the grpc server while generated ``add_*_to_server`` functions run: wraps
+    each method handler in the middleware chain once and records the service names."""
+
+    def __init__(
+        self, server: grpc.aio.Server, middleware: Sequence[Middleware], executor: Any
+    ) -> None:
+        self.service_names: list[str] = []
+        self._pending: list[Any] = []
+        self._server, self._middleware, self._executor = server, middleware, executor
+
+    def add_registered_method_handlers(
+        self, service_name: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._pending.clear()
+        if service_name in self.service_names:
+            return
+        self.service_names.append(service_name)
+        wrapped = {
+            name: wrap_method_handler(
+                f"/{service_name}/{name}", handler, self._middleware, self._executor
+            )
+            for name, handler in handlers.items()
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service_name, wrapped),)
+        )
+        self._server.add_registered_method_handlers(service_name, wrapped)
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        # Generated code calls this with the unwrapped handlers too; when it also calls
+        # add_registered_method_handlers (grpcio-tools >= 1.62) those replace these.
+        self._pending.extend(handlers)
+
+    def flush(self) -> None:
+        """Pass on generic handlers of old generated code (no middleware for them)."""
+        for handler in self._pending:
+            name = getattr(handler, "service_name", lambda: None)()
+            log.warning("%s: stubs from an old grpcio-tools; middleware does not apply", name)
+            if name and name not in self.service_names:
+                self.service_names.append(name)
+        self._server.add_generic_rpc_handlers(tuple(self._pending))
+        self._pending.clear()

@@ -1,0 +1,102 @@
+"""Settings for servers and clients; every field is read from a ``GZ_`` environment variable.
+
+Each model is built once, at start-up. A bad value raises ``SettingsError`` whose message is one
+line naming the variable, the value and the accepted form.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .durations import Duration
+from .netaddr import parse_host_port
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+"""A list written in the environment as ``a,b,c``."""
+
+
+class SettingsError(ValueError):
+    """A GZ_ variable has a value gz cannot use; the message names it."""
+
+
+class _GzSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GZ_", extra="ignore", frozen=True)
+
+    @classmethod
+    def from_env(cls, **overrides: object):
+        """Read the environment (overrides win); raise SettingsError naming the first bad variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as error:
+            raise SettingsError(_describe(error)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"bad GZ_{field.upper()}={first.get('input')!r}: {message}"
+
+
+class EtcdSettings(_GzSettings):
+    """How to reach etcd; shared by servers (registration) and clients (etcd:// targets)."""
+
+    etcd_endpoints: CommaList = Field(default_factory=lambda: ["127.0.0.1:2379"])
+    etcd_username: str | None = None
+    etcd_password: str | None = None
+    etcd_ca: str | None = None
+    etcd_cert: str | None = None
+    etcd_keyfile: str | None = None
+
+    @field_validator("etcd_endpoints")
+    @classmethod
+    def _endpoints_are_host_port(cls, endpoints: list[str]) -> list[str]:
+        for endpoint in endpoints:
+            parse_host_port(endpoint)
+        if not endpoints:
+            raise ValueError("expected a comma list of host:port, e.g. 10.0.0.1:2379,10.0.0.2:2379")
+        return endpoints
+
+
+class ServerSettings(EtcdSettings):
+    """Everything a server reads at start-up (see docs/configuration.md)."""
+
+    name: str = ""
+    listen: str = "0.0.0.0:8080"
+    advertise_host: str | None = None
+    registry: Literal["none", "etcd"] = "none"
+    etcd_key: str | None = None
+    etcd_ttl: int = Field(default=10, ge=2, le=3600)
+    shutdown_drain: Duration = 5.0
+    shutdown_grace: Duration = 10.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, listen: str) -> str:
+        parse_host_port(listen)
+        return listen
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
+
+class ClientSettings(EtcdSettings):
+    """Defaults for connect(); arguments to connect() win over these."""
+
+    balancer: Literal["round_robin"] = "round_robin"
+    timeout: Duration | None = None
+    discovery: Literal["etcd", "k8s", "dns"] | None = None
