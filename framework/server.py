@@ -45,13 +45,14 @@ class Server:
         self.service_names: list[str] = []
         self._middleware = tuple(middleware)
         self._registration = registration or registration_for(settings, service.name)
-        self._executor = ThreadPoolExecutor(thread_name_prefix=f"gz-{service.name}")
-        self._server = grpc.aio.server(migration_thread_pool=self._executor)
-        self._health = health.aio.HealthServicer()
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Listen, report SERVING, then register: a registered address never refuses calls."""
+        # grpc.aio objects belong to the running loop, so they are made here, not in __init__.
+        self._executor = ThreadPoolExecutor(thread_name_prefix=f"gz-{self.service.name}")
+        self._server = grpc.aio.server(migration_thread_pool=self._executor)
+        self._health = health.aio.HealthServicer()
         self.service_names = self._add_servicers()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

@@ -1,0 +1,1 @@
+"""The gz command line."""

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import pytest
+
+from .support import ServerProcess
+
+
+@pytest.fixture
+def server_process():
+    """Factory of greeter server processes; every one is killed at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(**env: str) -> ServerProcess:
+        process = ServerProcess(**env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

@@ -1,0 +1,119 @@
+"""Helpers shared by the tests: free ports, in-process greeter servers, server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import framework
+from examples.greeter import greeter_pb2, greeter_pb2_grpc
+from examples.greeter.server import Greeter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def start_greeter(**settings: object) -> Greeter:
+    """A Greeter served in this process on a free loopback port (stop with .server.stop())."""
+    values = {"listen": "127.0.0.1:0", "shutdown_drain": 0, "shutdown_grace": 1, **settings}
+    service = Greeter(framework.ServerSettings(**values))
+    await service.server.start()
+    return service
+
+
+async def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:
+    """The grpc.health.v1 status of address, or None when it does not answer."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.aio.AioRpcError:
+            return None
+        return reply.status
+
+
+async def say_hello(channel: grpc.aio.Channel, name: str = "test", **kwargs: object):
+    return await greeter_pb2_grpc.GreeterStub(channel).SayHello(
+        greeter_pb2.HelloRequest(name=name, **kwargs)
+    )
+
+
+class ServerProcess:
+    """``python -m examples.greeter.server`` as a real process on a free loopback port."""
+
+    def __init__(self, **env: str) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "GZ_LISTEN": self.address,
+            "GZ_NAME": "greeter",
+            "GZ_SHUTDOWN_DRAIN": "0.2",
+            "GZ_SHUTDOWN_GRACE": "5",
+            **env,
+        }
+        self.process: subprocess.Popen[str] | None = None
+        self.started_at = 0.0
+
+    def start(self) -> ServerProcess:
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "examples.greeter.server"],
+            env=self.env,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return self
+
+    async def wait_serving(self, timeout: float = 20.0) -> float:
+        """Seconds from exec to SERVING; fails if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited {self.process.returncode}: {self.stderr()}")
+            if await health_status(self.address, timeout=0.5) == health_pb2.HealthCheckResponse.SERVING:
+                return time.monotonic() - self.started_at
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{self.address} not SERVING after {timeout}s")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait_exit(self, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.address} still running after {timeout}s")
+            await asyncio.sleep(0.05)
+        return self.process.returncode
+
+    def stderr(self) -> str:
+        assert self.process is not None
+        if self.process.poll() is None:
+            return "(still running)"
+        return self.process.stderr.read() if self.process.stderr else ""
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,122 @@
+"""connect() over several real servers: spreading, losing one, gaining one."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+
+import grpc
+
+import framework
+
+from .support import say_hello, start_greeter
+
+
+async def count_replicas(channel: grpc.aio.Channel, calls: int) -> Counter[str]:
+    replies = await asyncio.gather(*(say_hello(channel) for _ in range(calls)))
+    return Counter(reply.served_by for reply in replies)
+
+
+async def test_calls_spread_over_every_endpoint():
+    servers = [await start_greeter() for _ in range(3)]
+    target = "direct:///" + ",".join(s.address for s in servers)
+    try:
+        async with framework.connect(target) as channel:
+            await channel.channel_ready()  # one endpoint is READY: let the others follow
+            await asyncio.sleep(0.2)
+            served = await count_replicas(channel, 300)
+        assert set(served) == {s.address for s in servers}
+        # round robin over three READY endpoints: nobody gets far more than a third
+        assert max(served.values()) - min(served.values()) <= 30
+    finally:
+        for server in servers:
+            await server.server.stop()
+
+
+async def test_a_stopped_server_gets_no_more_calls():
+    servers = [await start_greeter() for _ in range(3)]
+    target = "direct:///" + ",".join(s.address for s in servers)
+    try:
+        async with framework.connect(target) as channel:
+            await count_replicas(channel, 30)
+            await servers[0].server.stop()
+            for _ in range(200):
+                await say_hello(channel)  # a graceful stop loses no call
+            served = await count_replicas(channel, 100)
+        assert set(served) == {servers[1].address, servers[2].address}
+    finally:
+        for server in servers[1:]:
+            await server.server.stop()
+
+
+async def test_a_killed_process_costs_only_calls_in_flight(server_process):
+    processes = [server_process() for _ in range(3)]
+    for process in processes:
+        await process.wait_serving()
+    target = "direct:///" + ",".join(p.address for p in processes)
+    async with framework.connect(target) as channel:
+        await count_replicas(channel, 30)
+        processes[0].signal(signal.SIGKILL)
+        await processes[0].wait_exit()
+        failed = 0
+        for _ in range(50):  # the channel notices the dead connection within a few calls
+            try:
+                await say_hello(channel)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                failed += 1
+        assert failed <= 2
+        served = await count_replicas(channel, 100)
+    assert set(served) == {processes[1].address, processes[2].address}
+
+
+async def test_an_added_endpoint_receives_calls():
+    first, second = await start_greeter(), await start_greeter()
+    resolver = framework.ManualResolver([first.address], target="test-list")
+    try:
+        async with framework.connect(resolver) as channel:
+            assert set(await count_replicas(channel, 20)) == {first.address}
+            resolver.set_endpoints([first.address, second.address])
+            await asyncio.sleep(0.3)
+            served = await count_replicas(channel, 100)
+            assert set(served) == {first.address, second.address}
+            resolver.set_endpoints([second.address])
+            await asyncio.sleep(0.1)
+            assert set(await count_replicas(channel, 20)) == {second.address}
+            assert channel.endpoints == [framework.Endpoint.parse(second.address)]
+    finally:
+        await first.server.stop()
+        await second.server.stop()
+
+
+async def test_an_unchanged_endpoint_keeps_its_connection():
+    first, second = await start_greeter(), await start_greeter()
+    resolver = framework.ManualResolver([first.address])
+    try:
+        async with framework.connect(resolver) as channel:
+            await say_hello(channel)
+            before = channel._pool.subchannels[framework.Endpoint.parse(first.address)]
+            resolver.set_endpoints([first.address, second.address])
+            after = channel._pool.subchannels[framework.Endpoint.parse(first.address)]
+            assert after is before
+            assert after.channel.get_state() == grpc.ChannelConnectivity.READY
+    finally:
+        await first.server.stop()
+        await second.server.stop()
+
+
+async def test_a_removed_endpoint_finishes_its_in_flight_call():
+    first, second = await start_greeter(), await start_greeter()
+    resolver = framework.ManualResolver([first.address])
+    try:
+        async with framework.connect(resolver) as channel:
+            await channel.channel_ready()
+            slow = asyncio.ensure_future(say_hello(channel, "slow", delay_seconds=0.5))
+            await asyncio.sleep(0.1)
+            resolver.set_endpoints([second.address])
+            assert (await slow).served_by == first.address
+            assert (await say_hello(channel)).served_by == second.address
+    finally:
+        await first.server.stop()
+        await second.server.stop()
