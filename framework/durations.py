@@ -1,4 +1,4 @@
-"""Durations as gz writes them: seconds (``0.5``) or a number with a unit (``500ms``, ``10s``, ``2m``)."""
+"""Durations as gz writes them: seconds (``0.5``) or with a unit (``500ms``, ``10s``, ``2m``)."""
 
 from __future__ import annotations
 

@@ -84,9 +84,10 @@ class Server:
                 add(self.service, recorder)
                 recorder.flush()
         if not recorder.service_names:
+            name = type(self.service).__name__
             raise TypeError(
-                f"{type(self.service).__name__} has no generated servicer base class: declare it as "
-                f"class {type(self.service).__name__}(framework.Service, your_pb2_grpc.YourServicer)"
+                f"{name} has no generated servicer base class: declare it as "
+                f"class {name}(framework.Service, your_pb2_grpc.YourServicer)"
             )
         return recorder.service_names
 

@@ -34,7 +34,7 @@ class _GzSettings(BaseSettings):
 
     @classmethod
     def from_env(cls, **overrides: object):
-        """Read the environment (overrides win); raise SettingsError naming the first bad variable."""
+        """Read the environment (overrides win); SettingsError names the first bad variable."""
         try:
             return cls(**overrides)
         except ValidationError as error:

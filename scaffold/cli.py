@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -64,10 +65,8 @@ def resolve(target: str, watch: bool, as_json: bool, timeout: float) -> None:
         resolver = build_resolver(target)
     except ValueError as error:
         raise BadInput(str(error)) from None
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_print_endpoints(resolver, watch, as_json, timeout))
-    except KeyboardInterrupt:
-        pass
 
 
 class _Printer(Listener):
@@ -104,7 +103,9 @@ async def _print_endpoints(resolver: framework.Resolver, watch: bool, as_json: b
         try:
             await asyncio.wait_for(printer.changed.wait(), timeout)
         except TimeoutError:
-            raise click.ClickException(f"{resolver.target}: nothing resolved in {timeout}s") from None
+            raise click.ClickException(
+                f"{resolver.target}: nothing resolved in {timeout}s"
+            ) from None
         if printer.failed:
             raise click.ClickException(printer.failed)
     finally:

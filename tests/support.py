@@ -89,7 +89,10 @@ class ServerProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited {self.process.returncode}: {self.stderr()}")
-            if await health_status(self.address, timeout=0.5) == health_pb2.HealthCheckResponse.SERVING:
+            if (
+                await health_status(self.address, timeout=0.5)
+                == health_pb2.HealthCheckResponse.SERVING
+            ):
                 return time.monotonic() - self.started_at
             await asyncio.sleep(0.05)
         raise AssertionError(f"{self.address} not SERVING after {timeout}s")

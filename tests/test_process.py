@@ -88,7 +88,7 @@ async def test_client_over_processes_survives_a_graceful_stop(server_process):
                 served[reply.served_by] = served.get(reply.served_by, 0) + 1
                 await asyncio.sleep(0.002)
 
-        calls = asyncio.ensure_future(asyncio.gather(*(call_until_stopped() for _ in range(4))))
+        calls = asyncio.gather(*(call_until_stopped() for _ in range(4)))
         await asyncio.sleep(0.3)
         servers[0].signal(signal.SIGTERM)
         assert await servers[0].wait_exit() == 0

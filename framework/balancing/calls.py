@@ -123,7 +123,7 @@ class ChainedCall(
             if self._finished.cancelled():
                 return asyncio.CancelledError()
             raise  # the caller of code()/details() was cancelled, not this call
-        except BaseException as error:  # noqa: BLE001 - reported through code()/details()
+        except BaseException as error:
             return error
         return None
 

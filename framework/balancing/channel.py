@@ -45,6 +45,7 @@ class BalancedChannel(grpc.aio.Channel):
         timeout: float | None = None,
     ) -> None:
         self.target = resolver.target
+        self.balancer = picker.name
         self.timeout = timeout
         self._resolver = resolver
         self._picker_class = picker
@@ -179,8 +180,16 @@ class BalancedChannel(grpc.aio.Channel):
 class _MultiCallable:
     """Shared by the four call kinds; only the name of the first argument differs."""
 
-    __slots__ = ("_channel", "_method", "_factory", "_serializer", "_deserializer", "_registered",
-                 "_handler", "_direct")  # fmt: skip
+    __slots__ = (
+        "_channel",
+        "_deserializer",
+        "_direct",
+        "_factory",
+        "_handler",
+        "_method",
+        "_registered",
+        "_serializer",
+    )  # fmt: skip
 
     def __init__(self, channel: BalancedChannel, method: str | bytes, kind: Kind,
                  serializer: Any, deserializer: Any, registered: bool) -> None:  # fmt: skip
@@ -188,7 +197,11 @@ class _MultiCallable:
         self._channel = channel
         self._method = Method(name, kind, "client")
         self._factory = kind.name.lower()  # the grpc.aio.Channel method making this kind
-        self._serializer, self._deserializer, self._registered = serializer, deserializer, registered
+        self._serializer, self._deserializer, self._registered = (
+            serializer,
+            deserializer,
+            registered,
+        )
         endpoint = self._stream_endpoint if kind.response_streaming else self._unary_endpoint
         self._handler = compose(channel._middleware, self._method, endpoint)
         self._direct = self._handler == endpoint  # no middleware: calls may take the hot path
@@ -216,7 +229,8 @@ class _MultiCallable:
         return self._chained(request, timeout, metadata, credentials, wait_for_ready, compression)
 
     def _chained(self, request: Any, timeout: float | None, metadata: Any,
-                 credentials: Any, wait_for_ready: Any, compression: Any) -> ChainedCall:  # fmt: skip
+                 credentials: Any, wait_for_ready: Any,
+                 compression: Any) -> ChainedCall:  # fmt: skip
         self._channel._start()
         deadline = None if timeout is None else time.monotonic() + timeout
         options = {"credentials": credentials, "wait_for_ready": wait_for_ready,

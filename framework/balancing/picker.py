@@ -12,6 +12,8 @@ from .subchannel import Subchannel
 
 
 class Picker(ABC):
+    name: str  # what connect(balancer=...) and GZ_BALANCER call it
+
     @abstractmethod
     def pick(self) -> Subchannel:
         """A subchannel for the next call; the pool only builds pickers over non-empty lists."""
@@ -22,6 +24,7 @@ class RoundRobinPicker(Picker):
     the same endpoint."""
 
     __slots__ = ("_next",)
+    name = "round_robin"
 
     def __init__(self, subchannels: Sequence[Subchannel]) -> None:
         start = random.randrange(len(subchannels))
@@ -32,7 +35,7 @@ class RoundRobinPicker(Picker):
         return self._next()
 
 
-PICKERS: dict[str, type[Picker]] = {"round_robin": RoundRobinPicker}
+PICKERS: dict[str, type[Picker]] = {p.name: p for p in (RoundRobinPicker,)}
 
 
 def picker_class(name: str) -> type[Picker]:

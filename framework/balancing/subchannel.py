@@ -18,7 +18,7 @@ class Subchannel:
     """Owns one grpc.aio channel. Multicallables are cached per balanced multicallable, so a call
     costs one dict lookup here; the state is kept current by a watcher task, never polled."""
 
-    __slots__ = ("endpoint", "channel", "state", "callables", "_watcher", "_on_state")
+    __slots__ = ("_on_state", "_watcher", "callables", "channel", "endpoint", "state")
 
     def __init__(
         self, endpoint: Endpoint, channel: grpc.aio.Channel, on_state: StateListener

@@ -1,9 +1,10 @@
-"""``dns:///name:port?refresh=10s``: every A/AAAA record of name, looked up every refresh and at once
-when an endpoint fails (grpc's own DNS resolver only re-resolves on failure)."""
+"""``dns:///name:port?refresh=10s``: every A/AAAA record of name, looked up every refresh and at
+once when an endpoint fails (grpc's own DNS resolver only re-resolves on failure)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -57,15 +58,13 @@ class DnsResolver(Resolver):
             self._wake.clear()
             self._last_lookup = time.monotonic()
             await self._lookup_once(listener)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.refresh)
-            except TimeoutError:
-                pass
 
     async def _lookup_once(self, listener: Listener) -> None:
         try:
             addresses = await self._lookup(self.host, self.port)
-        except Exception as error:  # noqa: BLE001 - any lookup failure keeps the last set
+        except Exception as error:
             listener.error(f"{self.target}: looking up {self.host!r} failed: {error}")
             return
         listener.update(frozenset(Endpoint(address, self.port) for address in addresses))

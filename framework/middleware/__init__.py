@@ -2,4 +2,12 @@
 
 from .chain import CallContext, Kind, Method, Middleware, StreamHandler, UnaryHandler, compose
 
-__all__ = ["CallContext", "Kind", "Method", "Middleware", "StreamHandler", "UnaryHandler", "compose"]
+__all__ = [
+    "CallContext",
+    "Kind",
+    "Method",
+    "Middleware",
+    "StreamHandler",
+    "UnaryHandler",
+    "compose",
+]

@@ -54,7 +54,7 @@ class CallContext:
     be sent and may be changed; on the server they are what arrived, and ``servicer_context`` is
     grpc's own context."""
 
-    __slots__ = ("method", "metadata", "deadline", "peer", "servicer_context", "options", "state")
+    __slots__ = ("deadline", "metadata", "method", "options", "peer", "servicer_context", "state")
 
     def __init__(
         self,
@@ -89,7 +89,9 @@ class Middleware:
     async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
         return await call_next(ctx, request)
 
-    def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> AsyncIterator[Any]:
+    def stream(
+        self, ctx: CallContext, request: Any, call_next: StreamHandler
+    ) -> AsyncIterator[Any]:
         return call_next(ctx, request)
 
 

@@ -40,8 +40,10 @@ def wrap_method_handler(
     chain = compose(middleware, method, endpoint)
     if chain is endpoint:
         return handler
-    behavior = _stream_behavior(method, chain) if kind.response_streaming else _unary_behavior(
-        method, chain
+    behavior = (
+        _stream_behavior(method, chain)
+        if kind.response_streaming
+        else _unary_behavior(method, chain)
     )
     return handler._replace(**{field: behavior})  # grpc's RpcMethodHandler is a namedtuple
 
@@ -113,7 +115,9 @@ async def _in_thread(executor: Executor, function: Callable[..., Any], *args: An
     return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
 
-def _blocking_iterator(requests: AsyncIterator[Any], loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+def _blocking_iterator(
+    requests: AsyncIterator[Any], loop: asyncio.AbstractEventLoop
+) -> Iterator[Any]:
     """Lets a sync handler in a worker thread iterate the async request stream."""
     iterator = requests.__aiter__()
     while True:
