@@ -100,3 +100,4 @@ class ClientSettings(EtcdSettings):
     balancer: Literal["round_robin"] = "round_robin"
     timeout: Duration | None = None
     discovery: Literal["etcd", "k8s", "dns"] | None = None
+    health_check: bool = True

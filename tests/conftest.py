@@ -10,8 +10,8 @@ def server_process():
     """Factory of greeter server processes; every one is killed at the end of the test."""
     started: list[ServerProcess] = []
 
-    def start(**env: str) -> ServerProcess:
-        process = ServerProcess(**env).start()
+    def start(*command: str, **env: str) -> ServerProcess:
+        process = ServerProcess(*command, **env).start()
         started.append(process)
         return process
 

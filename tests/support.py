@@ -56,7 +56,8 @@ async def say_hello(channel: grpc.aio.Channel, name: str = "test", **kwargs: obj
 class ServerProcess:
     """``python -m examples.greeter.server`` as a real process on a free loopback port."""
 
-    def __init__(self, **env: str) -> None:
+    def __init__(self, *command: str, **env: str) -> None:
+        self.command = command or ("-m", "examples.greeter.server")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.env = {
@@ -74,7 +75,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "examples.greeter.server"],
+            [sys.executable, *self.command],
             env=self.env,
             cwd=ROOT,
             stderr=subprocess.PIPE,

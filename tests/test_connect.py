@@ -120,3 +120,34 @@ async def test_a_removed_endpoint_finishes_its_in_flight_call():
     finally:
         await first.server.stop()
         await second.server.stop()
+
+
+async def test_a_draining_server_gets_no_new_calls():
+    draining, other = await start_greeter(shutdown_drain=1.0), await start_greeter()
+    target = f"direct:///{draining.address},{other.address}"
+    try:
+        async with framework.connect(target) as channel:
+            await channel.channel_ready()
+            await asyncio.sleep(0.2)
+            assert set(await count_replicas(channel, 40)) == {draining.address, other.address}
+            stopping = asyncio.ensure_future(draining.server.stop())
+            await asyncio.sleep(0.2)  # NOT_SERVING reaches the client's health watch
+            assert set(await count_replicas(channel, 40)) == {other.address}
+            await stopping
+    finally:
+        await other.server.stop()
+
+
+async def test_without_health_check_a_draining_server_still_gets_calls():
+    draining, other = await start_greeter(shutdown_drain=1.0), await start_greeter()
+    target = f"direct:///{draining.address},{other.address}"
+    try:
+        async with framework.connect(target, health_check=False) as channel:
+            await channel.channel_ready()
+            await asyncio.sleep(0.2)
+            stopping = asyncio.ensure_future(draining.server.stop())
+            await asyncio.sleep(0.2)
+            assert set(await count_replicas(channel, 40)) == {draining.address, other.address}
+            await stopping
+    finally:
+        await other.server.stop()

@@ -98,3 +98,20 @@ async def test_client_over_processes_survives_a_graceful_stop(server_process):
         await calls  # raises if any call failed
     assert set(served) == {server.address for server in servers}
     assert sum(served.values()) > before
+
+
+async def test_gz_run_serves_a_service_class(server_process):
+    server = server_process("-m", "scaffold.cli", "run", "examples.greeter.server:Greeter")
+    await server.wait_serving()
+    async with framework.connect(f"direct:///{server.address}") as channel:
+        assert (await say_hello(channel, "run")).served_by == server.address
+    server.signal(signal.SIGTERM)
+    assert await server.wait_exit() == 0
+
+
+async def test_bad_setting_exits_2_with_one_line_naming_it(server_process):
+    server = server_process(GZ_SHUTDOWN_GRACE="soon")
+    assert await server.wait_exit() == 2
+    lines = server.stderr().strip().splitlines()
+    assert len(lines) == 1
+    assert "GZ_SHUTDOWN_GRACE" in lines[0] and "'soon'" in lines[0]

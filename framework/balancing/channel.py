@@ -43,6 +43,7 @@ class BalancedChannel(grpc.aio.Channel):
         options: Sequence[tuple[str, Any]] = (),
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = None,
+        health_check: bool = True,
     ) -> None:
         self.target = resolver.target
         self.balancer = picker.name
@@ -53,6 +54,7 @@ class BalancedChannel(grpc.aio.Channel):
         self._interceptors = list(interceptors) or None
         self._options = tuple(options)
         self._credentials = credentials
+        self._health_check = health_check
         self._pool: SubchannelPool | None = None
         self._resolving: asyncio.Task[None] | None = None
         self._closed = False
@@ -69,6 +71,7 @@ class BalancedChannel(grpc.aio.Channel):
                 self._picker_class,
                 self._resolver.resolve_now,
                 REMOVED_ENDPOINT_GRACE,
+                self._health_check,
             )
             self._resolving = asyncio.get_running_loop().create_task(self._resolve(self._pool))
         return self._pool

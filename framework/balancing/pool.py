@@ -15,9 +15,9 @@ from .subchannel import State, Subchannel
 log = logging.getLogger("gz.balancing")
 
 # Preferred first: READY subchannels; while none is, those still coming up (the call then waits
-# for the connection as a plain grpc channel would). TRANSIENT_FAILURE ones are never picked.
+# for the connection as a plain grpc channel would). Subchannels in TRANSIENT_FAILURE, or whose
+# server says NOT_SERVING, are never picked.
 _TIERS = ((State.READY,), (State.IDLE, State.CONNECTING))
-_LOST = (State.TRANSIENT_FAILURE, State.SHUTDOWN)
 
 
 class SubchannelPool:
@@ -31,6 +31,7 @@ class SubchannelPool:
         picker_class: type[Picker],
         on_failure: Callable[[], None],
         close_grace: float = 30.0,
+        health_check: bool = True,
     ) -> None:
         self.target = target
         self.picker: Picker | None = None
@@ -41,6 +42,7 @@ class SubchannelPool:
         self._picker_class = picker_class
         self._on_failure = on_failure
         self._close_grace = close_grace
+        self._health_check = health_check
         self._changed = asyncio.get_running_loop().create_future()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -51,9 +53,9 @@ class SubchannelPool:
         for endpoint in removed:
             self._retire(self.subchannels.pop(endpoint))
         for endpoint in sorted(added):
-            subchannel = Subchannel(endpoint, self._make_channel(endpoint), self._state_changed)
+            subchannel = Subchannel(endpoint, self._make_channel(endpoint), self._changed_state)
             self.subchannels[endpoint] = subchannel
-            subchannel.start()
+            subchannel.start(self._health_check)
         if added or removed or not self.resolved:
             log.info(
                 "%s: %d endpoints (+%d -%d)", self.target, len(endpoints), len(added), len(removed)
@@ -68,15 +70,15 @@ class SubchannelPool:
         self._notify()
 
     # -- state --------------------------------------------------------------------------------
-    def _state_changed(self, subchannel: Subchannel, old: State, new: State) -> None:
-        if new in _LOST or old == State.READY:
+    def _changed_state(self, subchannel: Subchannel, failed: bool) -> None:
+        if failed:
             self._on_failure()
         self._rebuild()
 
     def _rebuild(self) -> None:
         self.picker = None
         for tier in _TIERS:
-            usable = [s for s in self.subchannels.values() if s.state in tier]
+            usable = [s for s in self.subchannels.values() if s.state in tier and s.serving]
             if usable:
                 self.picker = self._picker_class(usable)
                 break
@@ -107,6 +109,8 @@ class SubchannelPool:
         if not self.subchannels:
             return f"{self.target}: the target has no endpoints"
         endpoints = ", ".join(str(e) for e in sorted(self.subchannels))
+        if not any(s.serving for s in self.subchannels.values()):
+            return f"{self.target}: every endpoint says NOT_SERVING ({endpoints})"
         return f"{self.target}: every endpoint is failing to connect ({endpoints})"
 
     # -- shutdown -----------------------------------------------------------------------------

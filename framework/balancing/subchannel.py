@@ -1,38 +1,57 @@
-"""A subchannel is one grpc.aio channel to one endpoint, with its connectivity state tracked."""
+"""A subchannel is one grpc.aio channel to one endpoint, with its connectivity and serving state
+tracked by watcher tasks (never polled on the call path)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..discovery import Endpoint
 
+log = logging.getLogger("gz.balancing")
+
 State = grpc.ChannelConnectivity
-StateListener = Callable[["Subchannel", State, State], None]
+ChangeListener = Callable[["Subchannel", bool], None]
+"""Called with (subchannel, failed) after any change; failed: the connection was lost, could not
+be made, or the server stopped serving."""
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_HEALTH_RETRY = 1.0  # seconds between Watch attempts while connected but the stream keeps failing
 
 
 class Subchannel:
     """Owns one grpc.aio channel. Multicallables are cached per balanced multicallable, so a call
-    costs one dict lookup here; the state is kept current by a watcher task, never polled."""
+    costs one dict lookup here.
 
-    __slots__ = ("_on_state", "_watcher", "callables", "channel", "endpoint", "state")
+    With health checking, a grpc.health.v1 Watch stream runs beside the connection; a server that
+    says NOT_SERVING (a gz server does so first thing when it drains) gets no new calls. A server
+    without the health service is taken as serving.
+    """
+
+    __slots__ = ("_on_change", "_tasks", "callables", "channel", "endpoint", "serving", "state")
 
     def __init__(
-        self, endpoint: Endpoint, channel: grpc.aio.Channel, on_state: StateListener
+        self, endpoint: Endpoint, channel: grpc.aio.Channel, on_change: ChangeListener
     ) -> None:
         self.endpoint = endpoint
         self.channel = channel
         self.state = State.IDLE
+        self.serving = True  # until the health service says otherwise
         self.callables: dict[object, object] = {}
-        self._on_state = on_state
-        self._watcher: asyncio.Task[None] | None = None
+        self._on_change = on_change
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
+    def start(self, health_check: bool) -> None:
         self.state = self.channel.get_state(try_to_connect=True)
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_state())
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch_state()))
+        if health_check:
+            self._tasks.append(loop.create_task(self._watch_health()))
 
     async def _watch_state(self) -> None:
         while True:
@@ -43,17 +62,41 @@ class Subchannel:
                 # picker sees READY again (or a failure) instead of a stale connection.
                 self.state = self.channel.get_state(try_to_connect=True)
             if old != self.state:
-                self._on_state(self, old, self.state)
+                lost = old == State.READY or self.state in (State.TRANSIENT_FAILURE, State.SHUTDOWN)
+                self._on_change(self, lost)
+
+    async def _watch_health(self) -> None:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        while True:
+            try:
+                async for reply in stub.Watch(request, wait_for_ready=True):
+                    self._set_serving(reply.status == _SERVING)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    log.info("%s has no health service; taking it as serving", self.endpoint)
+                    self._set_serving(True)
+                    return
+            # The stream ended with its connection. Keep the last status: a draining server
+            # must not look serving again before a new stream says so.
+            await asyncio.sleep(_HEALTH_RETRY)
+
+    def _set_serving(self, serving: bool) -> None:
+        if serving != self.serving:
+            self.serving = serving
+            self._on_change(self, not serving)
 
     async def close(self, grace: float | None) -> None:
         """Stop watching; in-flight calls get up to grace seconds, then are cancelled."""
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+                await task
         self.state = State.SHUTDOWN
         self.callables.clear()
         await self.channel.close(grace)
 
     def __repr__(self) -> str:
-        return f"<Subchannel {self.endpoint} {self.state.name}>"
+        serving = "" if self.serving else " NOT_SERVING"
+        return f"<Subchannel {self.endpoint} {self.state.name}{serving}>"
