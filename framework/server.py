@@ -51,7 +51,9 @@ class Server:
         """Listen, report SERVING, then register: a registered address never refuses calls."""
         # grpc.aio objects belong to the running loop, so they are made here, not in __init__.
         self._executor = ThreadPoolExecutor(thread_name_prefix=f"gz-{self.service.name}")
-        self._server = grpc.aio.server(migration_thread_pool=self._executor)
+        self._server = grpc.aio.server(
+            migration_thread_pool=self._executor, options=server_options(self.settings)
+        )
         self._health = health.aio.HealthServicer()
         self.service_names = self._add_servicers()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -139,6 +141,25 @@ class Server:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Keepalive set explicitly on both sides: gz clients ping every 30 s while calls are
+    active, and a gz server accepts pings every 10 s even without calls, so a client's pings
+    never earn a too_many_pings GOAWAY. GZ_MAX_CONNECTION_AGE closes connections gracefully
+    after that age so that clients behind an L4 load balancer reconnect and spread."""
+    options = [
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.keepalive_time_ms", 60_000),  # the server's own pings find dead clients
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+    if settings.max_connection_age:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace * 1000)),
+        ]
+    return options
 
 
 class _RegistrationRecorder:

@@ -104,6 +104,8 @@ class ServerSettings(EtcdSettings):
     etcd_ttl: int = Field(default=10, ge=2, le=3600)
     shutdown_drain: Duration = 5.0
     shutdown_grace: Duration = 10.0
+    max_connection_age: Duration | None = None  # off; set behind an L4 load balancer
+    max_connection_age_grace: Duration = 10.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -406,4 +406,3 @@ def test_gz_resolve_prints_the_registered_set(etcd):
     assert json.loads(done.stdout)["endpoints"] == ["127.0.0.1:1001", "[::1]:1002"]
     down = gz_resolve(f"etcd://127.0.0.1:{free_port()}/greeter", "--timeout", "10")
     assert down.returncode == 1 and "etcd did not answer" in down.stderr
-

@@ -177,8 +177,9 @@ class ChainedCall(
         return "" if error is None else f"{type(error).__name__}: {error}"
 
     async def initial_metadata(self) -> Metadata:
-        await self.wait_for_connection()
-        call = self._grpc_call()
+        # Not through wait_for_connection(): that raises for a failed call, and grpc's own
+        # calls still return the initial metadata of a failed call.
+        call = await self._announced_call()
         return await call.initial_metadata() if call is not None else Metadata()
 
     async def trailing_metadata(self) -> Metadata:
@@ -188,13 +189,17 @@ class ChainedCall(
         call = self._grpc_call()
         return await call.trailing_metadata() if call is not None else Metadata()
 
-    async def wait_for_connection(self) -> None:
+    async def _announced_call(self) -> grpc.aio.Call | None:
+        """The grpc call of the latest attempt once it is made; None if the call ended first."""
         if self._grpc_call() is None and not self._finished.done():
             waiter = self._ctx.state.setdefault(
                 "call_waiter", asyncio.get_running_loop().create_future()
             )
             await asyncio.shield(waiter)
-        call = self._grpc_call()
+        return self._grpc_call()
+
+    async def wait_for_connection(self) -> None:
+        call = await self._announced_call()
         if call is not None:
             await call.wait_for_connection()
 

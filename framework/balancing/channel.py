@@ -72,6 +72,7 @@ class BalancedChannel(grpc.aio.Channel):
                 self._resolver.resolve_now,
                 REMOVED_ENDPOINT_GRACE,
                 self._health_check,
+                self._make_health_channel,
             )
             self._resolving = asyncio.get_running_loop().create_task(self._resolve(self._pool))
         return self._pool
@@ -83,14 +84,20 @@ class BalancedChannel(grpc.aio.Channel):
             log.exception("%s: the resolver stopped", self.target)
             pool.error(f"{self.target}: the resolver stopped: {error}")
 
-    def _make_channel(self, endpoint: Endpoint) -> grpc.aio.Channel:
+    def _make_channel(self, endpoint: Endpoint, with_interceptors: bool = True) -> grpc.aio.Channel:
+        interceptors = self._interceptors if with_interceptors else None
         if self._credentials is not None:
             return grpc.aio.secure_channel(
-                endpoint.address, self._credentials, self._options, interceptors=self._interceptors
+                endpoint.address, self._credentials, self._options, interceptors=interceptors
             )
-        return grpc.aio.insecure_channel(
-            endpoint.address, self._options, interceptors=self._interceptors
-        )
+        return grpc.aio.insecure_channel(endpoint.address, self._options, interceptors=interceptors)
+
+    def _make_health_channel(self, endpoint: Endpoint) -> grpc.aio.Channel | None:
+        """A channel without the user's interceptors for gz's own health watch (None: the call
+        channel has none). Same address and options, so grpc shares the one connection."""
+        if self._interceptors is None:
+            return None
+        return self._make_channel(endpoint, with_interceptors=False)
 
     async def pick_when_ready(self, deadline: float | None, wait_for_ready: bool) -> Subchannel:
         """A subchannel, waiting for one if the target is not resolved yet or the call asked for

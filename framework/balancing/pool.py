@@ -32,6 +32,7 @@ class SubchannelPool:
         on_failure: Callable[[], None],
         close_grace: float = 30.0,
         health_check: bool = True,
+        make_health_channel: Callable[[Endpoint], grpc.aio.Channel | None] = lambda _: None,
     ) -> None:
         self.target = target
         self.picker: Picker | None = None
@@ -43,6 +44,7 @@ class SubchannelPool:
         self._on_failure = on_failure
         self._close_grace = close_grace
         self._health_check = health_check
+        self._make_health_channel = make_health_channel
         self._changed = asyncio.get_running_loop().create_future()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -55,7 +57,8 @@ class SubchannelPool:
         for endpoint in sorted(added):
             subchannel = Subchannel(endpoint, self._make_channel(endpoint), self._changed_state)
             self.subchannels[endpoint] = subchannel
-            subchannel.start(self._health_check)
+            health_channel = self._make_health_channel(endpoint) if self._health_check else None
+            subchannel.start(self._health_check, health_channel)
         if added or removed or not self.resolved:
             log.info(
                 "%s: %d endpoints (+%d -%d)", self.target, len(endpoints), len(added), len(removed)

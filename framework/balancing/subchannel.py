@@ -33,7 +33,10 @@ class Subchannel:
     without the health service is taken as serving.
     """
 
-    __slots__ = ("_on_change", "_tasks", "callables", "channel", "endpoint", "serving", "state")
+    __slots__ = (
+        "_health_channel", "_on_change", "_tasks", "callables", "channel", "endpoint", "serving",
+        "state",
+    )  # fmt: skip
 
     def __init__(
         self, endpoint: Endpoint, channel: grpc.aio.Channel, on_change: ChangeListener
@@ -45,9 +48,13 @@ class Subchannel:
         self.callables: dict[object, object] = {}
         self._on_change = on_change
         self._tasks: list[asyncio.Task[None]] = []
+        self._health_channel: grpc.aio.Channel | None = None
 
-    def start(self, health_check: bool) -> None:
+    def start(self, health_check: bool, health_channel: grpc.aio.Channel | None = None) -> None:
+        """Watch the connection, and with health_check the server's health: over health_channel
+        if given (one without the user's interceptors, which must not see gz's own calls)."""
         self.state = self.channel.get_state(try_to_connect=True)
+        self._health_channel = health_channel
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_state()))
         if health_check:
@@ -66,7 +73,7 @@ class Subchannel:
                 self._on_change(self, lost)
 
     async def _watch_health(self) -> None:
-        stub = health_pb2_grpc.HealthStub(self.channel)
+        stub = health_pb2_grpc.HealthStub(self._health_channel or self.channel)
         request = health_pb2.HealthCheckRequest(service="")
         while True:
             try:
@@ -95,6 +102,8 @@ class Subchannel:
                 await task
         self.state = State.SHUTDOWN
         self.callables.clear()
+        if self._health_channel is not None:
+            await self._health_channel.close(0)
         await self.channel.close(grace)
 
     def __repr__(self) -> str:

@@ -14,7 +14,8 @@ FORMS: dict[str, str] = {
     "etcd": "etcd://host1:2379,host2:2379/KEY or etcd:///KEY",
     "k8s": "k8s://namespace/service:port or k8s:///service:port",
 }
-ALL_FORMS = "; ".join(FORMS.values()) + "; or a bare service name such as greeter"
+FULL_FORMS = "; ".join(FORMS.values())
+ALL_FORMS = FULL_FORMS + "; or a bare service name such as greeter"
 
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://(.*)$", re.IGNORECASE | re.DOTALL)
 _BARE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?(:[A-Za-z0-9-]+)?$")
@@ -54,13 +55,18 @@ def parse_target(text: str) -> Target:
     scheme, rest = match.group(1).lower(), match.group(2)
     if scheme not in FORMS:
         raise TargetError(f"bad target {text!r}: unknown scheme {scheme!r}; expected {ALL_FORMS}")
+    if any(ch.isspace() for ch in rest):  # outer whitespace is forgiven, inner is a typo
+        raise TargetError(f"bad target {text!r}: whitespace inside; expected {FORMS[scheme]}")
     rest, _, query = rest.partition("?")
     authority, slash, endpoint = rest.partition("/")
-    target = Target(text, scheme, authority, endpoint, dict(parse_qsl(query)))
+    pairs = parse_qsl(query)
+    target = Target(text, scheme, authority, endpoint, dict(pairs))
     if not slash or not endpoint:
         raise target.error("nothing after the authority")
     if query and not target.params:
         raise target.error(f"unreadable parameters {query!r}")
+    if len(target.params) < len(pairs):
+        raise target.error(f"a parameter is given twice in {query!r}")
     return target
 
 
@@ -71,16 +77,17 @@ def expand_bare_name(text: str, env: Mapping[str, str] | None = None) -> str:
         return text
     env = os.environ if env is None else env
     if not _BARE_NAME.match(text):
-        raise TargetError(f"bad target {text!r}: expected {ALL_FORMS}")
+        raise TargetError(f"bad target {text!r}: no scheme, nor a bare name; expected {ALL_FORMS}")
     name, _, port = text.partition(":")
     variable = "GZ_TARGET_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
     if env.get(variable):
         return env[variable]
     discovery = env.get("GZ_DISCOVERY", "")
     if discovery not in _DISCOVERY_TEMPLATES:
+        not_this = f", not {discovery!r}" if discovery else ""
         raise TargetError(
             f"bad target {text!r}: a bare service name needs {variable} (a full target) or "
-            f"GZ_DISCOVERY=etcd|k8s|dns" + (f", not {discovery!r}" if discovery else "")
+            f"GZ_DISCOVERY=etcd|k8s|dns{not_this}; or write a full target: {FULL_FORMS}"
         )
     port = port or _DEFAULT_PORTS.get(discovery, "")
     return _DISCOVERY_TEMPLATES[discovery].format(name=name, port=port)

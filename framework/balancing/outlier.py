@@ -1,0 +1,78 @@
+"""Outlier ejection: an endpoint whose calls keep failing is left out for a while.
+
+Per endpoint, not per service (go-zero's breaker opens for a whole service after one bad
+replica). Failures are the codes that say the endpoint, not the request, is the problem.
+An endpoint is ejected after CONSECUTIVE failures in a row, or when more than FAILURE_RATIO of
+at least MIN_CALLS calls in the last WINDOW seconds failed. It stays out BASE_EJECTION seconds
+times the number of times it was ejected (up to MAX_EJECTION), then comes back on probation:
+its first failure ejects it again at once, its first success clears the probation. The pool
+never lets more than half of the endpoints be ejected at once.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+FAILURE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+CONSECUTIVE = 5
+FAILURE_RATIO = 0.5
+MIN_CALLS = 20
+WINDOW = 10.0
+BASE_EJECTION = 30.0
+MAX_EJECTION = 300.0
+FORGIVE_AFTER = 60.0  # a clean minute after returning resets the ejection count
+
+
+class Outcomes:
+    """Recent call outcomes of one endpoint and its ejection state."""
+
+    __slots__ = ("_calls", "_failures", "_window_start", "consecutive", "ejected_until",
+                 "ejections", "on_probation", "returned_at")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.consecutive = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+        self.on_probation = False
+        self.returned_at = 0.0
+        self._calls = self._failures = 0
+        self._window_start = 0.0
+
+    def record(self, code: grpc.StatusCode, now: float) -> bool:
+        """Count one finished call; True when the endpoint should now be ejected."""
+        if now - self._window_start > WINDOW:
+            self._window_start, self._calls, self._failures = now, 0, 0
+        self._calls += 1
+        if code not in FAILURE_CODES:
+            self.consecutive = 0
+            if self.on_probation:
+                self.on_probation = False
+            elif self.ejections and now - self.returned_at > FORGIVE_AFTER:
+                self.ejections = 0
+            return False
+        self._failures += 1
+        self.consecutive += 1
+        return (
+            self.on_probation
+            or self.consecutive >= CONSECUTIVE
+            or (self._calls >= MIN_CALLS and self._failures > FAILURE_RATIO * self._calls)
+        )
+
+    def eject(self, now: float) -> float:
+        """Start an ejection; returns how long it lasts."""
+        self.ejections += 1
+        duration = min(MAX_EJECTION, BASE_EJECTION * self.ejections)
+        self.ejected_until = now + duration
+        self.consecutive = 0
+        self._calls = self._failures = 0
+        return duration
+
+    def readmit(self, now: float) -> None:
+        self.ejected_until = 0.0
+        self.on_probation = True
+        self.returned_at = now
+
+    def is_ejected(self) -> bool:
+        return self.ejected_until > 0.0

@@ -1,0 +1,45 @@
+"""p2c_ewma: the power of two choices over a latency moving average and calls in flight.
+
+Two distinct usable subchannels are drawn at random and the one with the lower load score
+(``sqrt(ewma_latency + 1) * (inflight + 1)``, see load.py) wins. If the loser has not been picked
+for over a second it wins instead, once, so that its estimate stays fresh and a recovered
+endpoint is noticed. O(1) per pick whatever the number of endpoints.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+
+from .picker import Picker
+from .subchannel import Subchannel
+
+FORCE_PICK_AFTER = 1.0  # seconds
+
+
+class P2cEwmaPicker(Picker):
+    __slots__ = ("_count", "_subchannels")
+    name = "p2c_ewma"
+
+    def __init__(self, subchannels: Sequence[Subchannel]) -> None:
+        self._subchannels = tuple(subchannels)
+        self._count = len(self._subchannels)
+
+    @property
+    def subchannels(self) -> Sequence[Subchannel]:
+        return self._subchannels
+
+    def pick(self) -> Subchannel:
+        if self._count == 1:
+            return self._subchannels[0]
+        first = random.randrange(self._count)
+        second = random.randrange(self._count - 1)
+        if second >= first:
+            second += 1
+        better, worse = self._subchannels[first], self._subchannels[second]
+        if worse.load.score() < better.load.score():
+            better, worse = worse, better
+        if time.monotonic() - worse.load.last_pick > FORCE_PICK_AFTER:
+            return worse
+        return better

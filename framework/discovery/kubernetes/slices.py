@@ -1,0 +1,195 @@
+"""EndpointSlices (discovery.k8s.io/v1, read as plain JSON) to endpoints.
+
+The slices are read as JSON rather than through the client's models so that one odd slice costs
+a warning, not the whole list: the models refuse a slice that lacks a required field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..endpoint import Endpoint
+
+log = logging.getLogger("gz.discovery.k8s")
+
+Json = Mapping[str, Any]
+
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def _ipv4(text: str) -> str:
+    return str(ipaddress.IPv4Address(text))
+
+
+def _ipv6(text: str) -> str:
+    return str(ipaddress.IPv6Address(text))
+
+
+def _fqdn(text: str) -> str:
+    if not _HOSTNAME.match(text):
+        raise ValueError(f"{text!r} is not a host name")
+    return text
+
+
+# addressType -> a check that returns the address to dial or raises ValueError
+_ADDRESS_TYPES: dict[str, Callable[[str], str]] = {"IPv4": _ipv4, "IPv6": _ipv6, "FQDN": _fqdn}
+
+
+@dataclass(frozen=True, slots=True)
+class SliceEndpoints:
+    """What one slice contributes to the service's endpoint set."""
+
+    serving: frozenset[Endpoint] = frozenset()
+    """Serving and not terminating: these get calls."""
+    terminating: frozenset[Endpoint] = frozenset()
+    """Still serving but terminating: used only while no endpoint of the service is serving."""
+    port_names: frozenset[str] = frozenset()
+    problems: tuple[str, ...] = ()
+
+
+def slice_name(obj: Json) -> str:
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    return name if isinstance(name, str) and name else ""
+
+
+def read_slice(obj: Json, port: int | str) -> SliceEndpoints:
+    """The endpoints of one slice on the target's port; problems are reported, never raised."""
+    problems: list[str] = []
+    try:
+        return _read_slice(obj, port, problems)
+    except (AttributeError, TypeError, ValueError) as error:  # a shape the API never sends
+        return SliceEndpoints(problems=(*problems, f"is unreadable ({error})"))
+
+
+def _read_slice(obj: Json, port: int | str, problems: list[str]) -> SliceEndpoints:
+    port_names = frozenset(_port_names(obj))
+    number = _port_number(obj, port, problems)
+    check = _ADDRESS_TYPES.get(obj.get("addressType", ""))
+    if check is None:
+        problems.append(f"has an unsupported addressType {obj.get('addressType')!r}")
+    if number is None or check is None:
+        return SliceEndpoints(port_names=port_names, problems=tuple(problems))
+    serving: set[Endpoint] = set()
+    terminating: set[Endpoint] = set()
+    for index, item in enumerate(obj.get("endpoints") or ()):
+        address = _first_address(item, check, index, problems)
+        if address is None:
+            continue
+        is_serving, is_terminating = _conditions(item)
+        if is_serving:
+            (terminating if is_terminating else serving).add(Endpoint(address, number))
+    return SliceEndpoints(frozenset(serving), frozenset(terminating), port_names, tuple(problems))
+
+
+def _port_names(obj: Json) -> Iterable[str]:
+    for item in obj.get("ports") or ():
+        if isinstance(item, Mapping):
+            yield item.get("name") or ""
+
+
+def _port_number(obj: Json, wanted: int | str, problems: list[str]) -> int | None:
+    """A numbered target port is dialled as is; a named one is looked up in this slice, since
+    pods behind one Service may number the same named port differently."""
+    if isinstance(wanted, int):
+        return wanted
+    ports = obj.get("ports") or ()
+    if not ports:
+        problems.append("has no ports")
+        return None
+    for item in ports:
+        if isinstance(item, Mapping) and (item.get("name") or "") == wanted:
+            number = item.get("port")
+            if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 65536:
+                problems.append(f"has port {wanted!r} without a usable number ({number!r})")
+                return None
+            return number
+    names = ", ".join(sorted(repr(n) for n in _port_names(obj)))
+    problems.append(f"has no port named {wanted!r} (its ports: {names})")
+    return None
+
+
+def _first_address(
+    item: Any, check: Callable[[str], str], index: int, problems: list[str]
+) -> str | None:
+    """The API says an endpoint's addresses are fungible and consumers may use the first."""
+    addresses = item.get("addresses") if isinstance(item, Mapping) else None
+    if not addresses or not isinstance(addresses, list):
+        problems.append(f"has endpoint #{index} without addresses")
+        return None
+    try:
+        return check(str(addresses[0]))
+    except ValueError:
+        problems.append(f"has endpoint #{index} with a bad address {addresses[0]!r}")
+        return None
+
+
+def _conditions(item: Json) -> tuple[bool, bool]:
+    """(serving, terminating). serving defers to ready when absent; an unknown ready counts as
+    ready and an unknown terminating as not terminating, as the API asks consumers to do."""
+    conditions = item.get("conditions") or {}
+    serving = conditions.get("serving")
+    if serving is None:
+        serving = conditions.get("ready")
+    return serving is not False, conditions.get("terminating") is True
+
+
+class ServiceSlices:
+    """Every slice of one service, by name. A service with more than 100 endpoints has several
+    slices: the endpoint set is their union, and an event changes only its own slice."""
+
+    def __init__(self, service: str, port: int | str) -> None:
+        self.service, self.port = service, port
+        self._slices: dict[str, SliceEndpoints] = {}
+        self._warned: dict[str, tuple[str, ...]] = {}  # so a relist does not repeat warnings
+
+    def replace(self, items: Iterable[Json]) -> None:
+        """The whole list again (after a relist)."""
+        self._slices.clear()
+        for obj in items:
+            self.put(obj)
+        self._warned = {name: self._warned[name] for name in self._slices if name in self._warned}
+
+    def put(self, obj: Json) -> None:
+        name = slice_name(obj)
+        if not name:
+            log.warning("skipping an EndpointSlice of service %r without a name", self.service)
+            return
+        contribution = read_slice(obj, self.port)
+        if contribution.problems and self._warned.get(name) != contribution.problems:
+            log.warning(
+                "EndpointSlice %r of service %r %s; skipped that part",
+                name, self.service, "; ".join(contribution.problems),
+            )  # fmt: skip
+        self._warned[name] = contribution.problems
+        self._slices[name] = contribution
+
+    def remove(self, obj: Json) -> None:
+        self._slices.pop(slice_name(obj), None)
+        self._warned.pop(slice_name(obj), None)
+
+    def endpoints(self) -> frozenset[Endpoint]:
+        """Serving endpoints; terminating-but-serving ones only when there is nothing else, so a
+        one-replica rollout is not left without a pod while the old one still answers."""
+        slices = self._slices.values()
+        serving = frozenset[Endpoint]().union(*(s.serving for s in slices))
+        return serving or frozenset[Endpoint]().union(*(s.terminating for s in slices))
+
+    def missing_port(self) -> str | None:
+        """Why the set is empty when the cause is the target's port name, else None."""
+        if isinstance(self.port, int) or not self._slices:
+            return None
+        names = frozenset[str]().union(*(s.port_names for s in self._slices.values()))
+        if self.port in names:
+            return None
+        listed = ", ".join(repr(n) for n in sorted(names)) or "none"
+        return (
+            f"no EndpointSlice of service {self.service!r} has a port named {self.port!r} "
+            f"(its ports: {listed}); use one of those names or a port number"
+        )

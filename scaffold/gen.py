@@ -1,0 +1,107 @@
+"""``gz gen``: Python stubs (``_pb2.py``, ``.pyi``, ``_pb2_grpc.py``) from .proto files.
+
+grpc_tools.protoc runs in this process. protoc writes ``import x_pb2`` for a sibling proto,
+which only works with the stubs' directory on sys.path; gz rewrites those imports into relative
+ones so the stubs work inside a package, which is where gz projects keep them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2
+from grpc_tools import protoc
+
+from .errors import BadInput
+
+_SIBLING_IMPORT = re.compile(r"^import (\w+_pb2)( as \w+)?$", re.MULTILINE)
+
+
+def generate(protos: Iterable[Path]) -> list[Path]:
+    """Generate stubs next to each proto; returns the files written."""
+    written: list[Path] = []
+    for proto in protos:
+        proto = _existing_proto(proto)
+        directory = proto.parent
+        _protoc(
+            proto,
+            f"--python_out={directory}",
+            f"--pyi_out={directory}",
+            f"--grpc_python_out={directory}",
+        )
+        stubs = [directory / f"{proto.stem}_pb2{suffix}" for suffix in (".py", ".pyi", "_grpc.py")]
+        for stub in stubs:
+            _make_imports_relative(stub)
+        written += stubs
+    return written
+
+
+def describe(proto: Path) -> descriptor_pb2.FileDescriptorSet:
+    """The descriptors of ``proto`` and everything it imports (imports first)."""
+    proto = _existing_proto(proto)
+    with tempfile.TemporaryDirectory(prefix="gz-gen-") as scratch:
+        out = Path(scratch) / "descriptors.pb"
+        _protoc(proto, f"--descriptor_set_out={out}", "--include_imports")
+        return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+
+
+def protos_in(directory: Path) -> list[Path]:
+    """Every .proto directly in ``directory`` (a project's package)."""
+    return sorted(directory.glob("*.proto"))
+
+
+def _existing_proto(proto: Path) -> Path:
+    if proto.suffix != ".proto":
+        raise BadInput(f"{proto}: not a .proto file")
+    if not proto.is_file():
+        raise BadInput(f"{proto}: no such file")
+    return proto.resolve()
+
+
+def _protoc(proto: Path, *outputs: str) -> None:
+    well_known = resources.files("grpc_tools") / "_proto"  # google/protobuf/*.proto
+    arguments = ["grpc_tools.protoc", f"-I{proto.parent}", f"-I{well_known}", *outputs, str(proto)]
+    with _stderr_captured() as captured:
+        status = protoc.main(arguments)
+    if status != 0:
+        lines = [line for line in captured[0].splitlines() if line.strip()] or ["protoc failed"]
+        raise BadInput(f"{proto.name}: {lines[0].replace(str(proto.parent) + os.sep, '')}")
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """protoc's C++ code writes to file descriptor 2; catch it to report one clear line."""
+    captured = [""]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured[0] = sink.read().decode(errors="replace")
+
+
+def _make_imports_relative(stub: Path) -> None:
+    """``import x_pb2 as y`` -> ``from . import x_pb2 as y`` when x_pb2 is generated here."""
+    text = stub.read_text(encoding="utf-8")
+
+    def relative(match: re.Match[str]) -> str:
+        module, alias = match.group(1), match.group(2) or ""
+        if not (stub.parent / f"{module}.py").is_file():
+            return match.group(0)  # not ours (an installed package): leave it absolute
+        return f"from . import {module}{alias}"
+
+    rewritten = _SIBLING_IMPORT.sub(relative, text)
+    if rewritten != text:
+        stub.write_text(rewritten, encoding="utf-8")

@@ -1,0 +1,51 @@
+"""Names users give gz: service names, Python packages and classes, Kubernetes objects."""
+
+from __future__ import annotations
+
+import keyword
+import re
+import sys
+
+from .errors import BadInput
+
+_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_KUBE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035 label: what a Service needs
+_TAKEN = {"grpc", "google", "framework", "scaffold", "tests", "test"}
+
+
+def service_name(name: str) -> str:
+    """A name for ``gz new service``: lower case letters, digits, '-' and '_', a letter first."""
+    if not _SERVICE_NAME.match(name):
+        raise BadInput(
+            f"{name!r} is not a service name: use lower case letters, digits, '-' and '_', "
+            "starting with a letter, e.g. hello or order-service"
+        )
+    if len(name) > 63:
+        raise BadInput(f"{name!r} is longer than 63 characters, the limit of a Kubernetes name")
+    package = package_name(name)
+    if keyword.iskeyword(package) or package in _TAKEN or package in sys.stdlib_module_names:
+        raise BadInput(
+            f"{name!r} would make a Python package {package!r} that hides another module; "
+            f"pick another name, e.g. {name}-service"
+        )
+    return name
+
+
+def package_name(name: str) -> str:
+    """hello-world -> hello_world"""
+    return name.replace("-", "_")
+
+
+def class_name(name: str) -> str:
+    """hello-world -> HelloWorld"""
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[-_]", name) if part)
+
+
+def kube_name(name: str) -> str:
+    """A Kubernetes object name (DNS-1035 label), or BadInput saying what is wrong."""
+    if len(name) > 63 or not _KUBE_NAME.match(name):
+        raise BadInput(
+            f"{name!r} is not a Kubernetes name: use at most 63 lower case letters, digits and "
+            "'-', starting with a letter and ending with a letter or digit, e.g. greeter"
+        )
+    return name

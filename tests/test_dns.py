@@ -1,0 +1,185 @@
+"""dns:/// targets: new answers are picked up every refresh, a failing endpoint makes gz look up
+again at once, a failed lookup keeps the last set. Servers listen on 127.0.0.1, .2 and .3 (all
+loopback on Linux) with one port, as the replicas behind one DNS name would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import framework
+from examples.greeter.server import Greeter
+from framework.discovery import Endpoint
+from framework.discovery.dns import DnsResolver, system_lookup
+
+from .support import free_port, say_hello, start_greeter
+
+# A loaded two-core machine needs some slack over the bare refresh interval.
+SLACK = 0.5
+
+
+class FakeDns:
+    """The lookup seam of DnsResolver: answers what the test says, counts the questions."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = list(addresses)
+        self.failure: Exception | None = None
+        self.lookups = 0
+
+    async def lookup(self, host: str, port: int) -> list[str]:
+        self.lookups += 1
+        if self.failure is not None:
+            raise self.failure
+        return list(self.addresses)
+
+
+async def greeters_on_one_port(count: int) -> tuple[int, list[Greeter]]:
+    """``count`` greeters on 127.0.0.1, 127.0.0.2, ... sharing one port."""
+    for _ in range(10):
+        port, started = free_port(), []
+        try:
+            for index in range(count):
+                started.append(await start_greeter(listen=f"127.0.0.{index + 1}:{port}"))
+            return port, started
+        except OSError:  # the port was free on 127.0.0.1 only; try another
+            for server in started:
+                await server.server.stop()
+    raise AssertionError("no port free on every loopback address")
+
+
+async def served_by(channel: framework.BalancedChannel, calls: int = 20) -> set[str]:
+    return {(await say_hello(channel)).served_by for _ in range(calls)}
+
+
+async def wait_until(condition, within: float, poll: float = 0.02) -> float:
+    """Seconds until ``condition()`` (an async callable) is true; fails after ``within``."""
+    started = time.monotonic()
+    while not await condition():
+        elapsed = time.monotonic() - started
+        assert elapsed < within, f"not true within {within}s"
+        await asyncio.sleep(poll)
+    return time.monotonic() - started
+
+
+async def test_a_new_answer_gets_traffic_within_one_refresh():
+    port, servers = await greeters_on_one_port(2)
+    first, second = (server.address for server in servers)
+    dns = FakeDns("127.0.0.1")
+    refresh = 0.5
+    resolver = DnsResolver("greeter.test", port, refresh=refresh, lookup=dns.lookup)
+    try:
+        async with framework.connect(resolver) as channel:
+            assert await served_by(channel) == {first}
+            dns.addresses = ["127.0.0.1", "127.0.0.2"]
+
+            async def second_serves() -> bool:
+                return (await say_hello(channel)).served_by == second
+
+            await wait_until(second_serves, within=refresh + SLACK)
+            dns.addresses = ["127.0.0.2"]
+
+            async def first_is_gone() -> bool:
+                return channel.endpoints == [Endpoint("127.0.0.2", port)]
+
+            await wait_until(first_is_gone, within=refresh + SLACK)
+            assert await served_by(channel) == {second}
+    finally:
+        for server in servers:
+            await server.server.stop()
+
+
+async def test_a_failed_endpoint_triggers_a_lookup_long_before_the_refresh():
+    port, servers = await greeters_on_one_port(2)
+    first, second = (server.address for server in servers)
+    dns = FakeDns("127.0.0.1", "127.0.0.2")
+    resolver = DnsResolver("greeter.test", port, refresh=30.0, lookup=dns.lookup)
+    try:
+        # Without health checks only the lost connection can tell the channel.
+        async with framework.connect(resolver, health_check=False) as channel:
+            await channel.channel_ready()
+            await asyncio.sleep(0.2)  # both connections up
+            assert await served_by(channel) == {first, second}
+            assert dns.lookups == 1
+            dns.addresses = ["127.0.0.1"]  # what DNS says once the pod is gone
+            await servers[1].server.stop()
+
+            async def looked_up_again() -> bool:
+                return dns.lookups >= 2
+
+            await wait_until(looked_up_again, within=3.0)  # the refresh is 30 s
+            assert channel.endpoints == [Endpoint("127.0.0.1", port)]
+            assert await served_by(channel) == {first}
+    finally:
+        await servers[0].server.stop()
+
+
+async def test_a_failing_lookup_keeps_the_last_endpoints():
+    port, servers = await greeters_on_one_port(2)
+    dns = FakeDns("127.0.0.1", "127.0.0.2")
+    resolver = DnsResolver("greeter.test", port, refresh=0.1, lookup=dns.lookup)
+    try:
+        async with framework.connect(resolver) as channel:
+            assert await served_by(channel, 40) == {s.address for s in servers}
+            dns.failure = OSError("Temporary failure in name resolution")
+            failed_before = dns.lookups
+
+            async def failed_twice() -> bool:
+                return dns.lookups >= failed_before + 2
+
+            await wait_until(failed_twice, within=3.0)
+            assert channel.endpoints == [Endpoint("127.0.0.1", port), Endpoint("127.0.0.2", port)]
+            assert await served_by(channel, 40) == {s.address for s in servers}
+    finally:
+        for server in servers:
+            await server.server.stop()
+
+
+class Recorder:
+    """A resolver Listener that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.updates: list[frozenset[Endpoint]] = []
+        self.errors: list[str] = []
+
+    def update(self, endpoints: frozenset[Endpoint]) -> None:
+        self.updates.append(endpoints)
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+
+
+async def test_a_lookup_error_names_the_target_and_the_cause():
+    dns = FakeDns("127.0.0.1")
+    target = "dns:///greeter.test:8080?refresh=100ms"
+    resolver = DnsResolver("greeter.test", 8080, refresh=0.1, lookup=dns.lookup, target=target)
+    recorder = Recorder()
+    watching = asyncio.ensure_future(resolver.watch(recorder))
+    try:
+
+        async def answered() -> bool:
+            return bool(recorder.updates)
+
+        await wait_until(answered, within=2.0)
+        dns.failure = OSError("Temporary failure in name resolution")
+
+        async def failed() -> bool:
+            return bool(recorder.errors)
+
+        await wait_until(failed, within=2.0)
+    finally:
+        watching.cancel()
+    assert target in recorder.errors[0]
+    assert "Temporary failure in name resolution" in recorder.errors[0]
+    assert recorder.updates == [frozenset({Endpoint("127.0.0.1", 8080)})]  # never an empty set
+
+
+async def test_the_system_resolver_finds_localhost():
+    server = await start_greeter()
+    port = server.server.port
+    try:
+        assert "127.0.0.1" in await system_lookup("localhost", port)
+        async with framework.connect(f"dns:///localhost:{port}") as channel:
+            assert (await say_hello(channel)).served_by == server.address
+            assert Endpoint("127.0.0.1", port) in channel.endpoints
+    finally:
+        await server.server.stop()

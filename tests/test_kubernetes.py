@@ -1,0 +1,518 @@
+"""k8s:// targets: EndpointSlices listed and watched through the official kubernetes client,
+against tests/kube_api.py (an API server that speaks the real list/watch protocol)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+import framework
+from framework.discovery import FORMS, Endpoint, TargetError, build_resolver, parse_target
+from framework.discovery.kubernetes import KubernetesResolver, parse_kube_target
+
+from .kube_api import KubeApiServer, endpoint_slice
+from .support import ROOT, free_port, say_hello, start_greeter
+
+NS = "shop"
+SERVICE = "greeter"
+TARGET = f"k8s://{NS}/{SERVICE}:grpc"
+
+
+@pytest.fixture
+def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KubeApiServer:
+    """A running test API server; KUBECONFIG points at it, and nothing says "in a pod"."""
+    api = KubeApiServer().start()
+    monkeypatch.setenv("KUBECONFIG", str(api.write_kubeconfig(tmp_path / "kubeconfig")))
+    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAMESPACE"):
+        monkeypatch.delenv(name, raising=False)
+    yield api
+    api.stop()
+
+
+def ips(prefix: str, count: int) -> list[str]:
+    """prefix.1 ... prefix.count"""
+    assert count < 255
+    return [f"{prefix}.{n}" for n in range(1, count + 1)]
+
+
+def at(addresses: list[str], port: int = 8080) -> set[str]:
+    return {Endpoint(address, port).address for address in addresses}
+
+
+class Recorder:
+    """A Listener that remembers every set and error it was given."""
+
+    def __init__(self) -> None:
+        self.updates: list[frozenset[Endpoint]] = []
+        self.errors: list[str] = []
+        self._changed = asyncio.Event()
+
+    def update(self, endpoints: frozenset[Endpoint]) -> None:
+        self.updates.append(endpoints)
+        self._changed.set()
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+        self._changed.set()
+
+    @property
+    def current(self) -> set[str]:
+        return {e.address for e in self.updates[-1]} if self.updates else set()
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"timed out; last set has {len(self.current)} endpoints, errors: {self.errors}"
+                )
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def wait_for_set(self, expected: set[str], timeout: float = 5.0) -> None:
+        await self.wait_for(lambda: self.current == expected, timeout)
+
+
+@contextlib.asynccontextmanager
+async def resolving(target: str = TARGET) -> AsyncIterator[Recorder]:
+    """Watch target (with quick retries) into a Recorder until the block ends."""
+    resolver = KubernetesResolver(parse_kube_target(parse_target(target)), text=target,
+                                  retry_delays=(0.05, 0.2))  # fmt: skip
+    recorder = Recorder()
+    task = asyncio.ensure_future(resolver.watch(recorder))
+    try:
+        yield recorder
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    """Poll a condition on the API server's side."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def never_emptied(recorder: Recorder) -> bool:
+    return all(recorder.updates)
+
+
+# -- merging slices ---------------------------------------------------------------------------
+async def test_every_slice_of_a_large_service_is_merged(kube: KubeApiServer):
+    a, b, c = ips("10.1.0", 100), ips("10.2.0", 100), ips("10.3.0", 50)
+    for name, addresses in (("greeter-a", a), ("greeter-b", b), ("greeter-c", c)):
+        kube.put_slice(NS, endpoint_slice(name, SERVICE, addresses))
+    kube.put_slice(NS, endpoint_slice("other-a", "other", ips("10.9.0", 5)))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(a + b + c))
+        assert len(seen.current) == 250
+        assert kube.lists[0]["labelSelector"] == "kubernetes.io/service-name=greeter"
+
+
+async def test_a_changed_or_deleted_slice_changes_only_its_own_endpoints(kube: KubeApiServer):
+    a, b, c = ips("10.1.0", 100), ips("10.2.0", 100), ips("10.3.0", 50)
+    for name, addresses in (("greeter-a", a), ("greeter-b", b), ("greeter-c", c)):
+        kube.put_slice(NS, endpoint_slice(name, SERVICE, addresses))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(a + b + c))
+        b2 = b[10:] + ips("10.4.0", 5)
+        kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, b2))
+        await seen.wait_for_set(at(a + b2 + c))
+        kube.delete_slice(NS, "greeter-c")
+        await seen.wait_for_set(at(a + b2))
+        assert len(seen.current) == 195
+        assert never_emptied(seen) and len(kube.lists) == 1  # all of it came by the watch
+
+
+async def test_only_serving_endpoints_are_kept(kube: KubeApiServer):
+    conditions = {
+        "10.0.0.1": {"ready": True, "serving": True, "terminating": False},
+        "10.0.0.2": {"ready": False, "serving": False, "terminating": False},  # unready
+        "10.0.0.3": {"ready": False, "serving": False, "terminating": True},  # terminating
+        "10.0.0.4": {"ready": False, "serving": True, "terminating": True},  # draining
+        "10.0.0.5": {"ready": False},  # no serving: ready decides
+        "10.0.0.6": {"ready": True},
+        "10.0.0.7": {},  # unknown state: ready, as the API asks
+        "10.0.0.8": {"ready": True, "serving": None, "terminating": None},
+    }
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, list(conditions.items())))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(["10.0.0.1", "10.0.0.6", "10.0.0.7", "10.0.0.8"]))
+        # A pod that stops serving leaves the set at once.
+        conditions["10.0.0.1"] = {"ready": False, "serving": False, "terminating": False}
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, list(conditions.items())))
+        await seen.wait_for_set(at(["10.0.0.6", "10.0.0.7", "10.0.0.8"]))
+
+
+async def test_terminating_but_serving_pods_are_used_only_when_nothing_else_serves(kube):
+    draining = ("10.0.0.4", {"ready": False, "serving": True, "terminating": True})
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1", draining]))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(["10.0.0.1"]))
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, [draining]))
+        await seen.wait_for_set(at(["10.0.0.4"]))
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, [draining, "10.0.0.9"]))
+        await seen.wait_for_set(at(["10.0.0.9"]))
+
+
+async def test_a_service_without_serving_endpoints_really_is_empty(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(["10.0.0.1"]))
+        unready = ("10.0.0.1", {"ready": False, "serving": False})
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, [unready]))
+        await seen.wait_for(lambda: seen.updates[-1] == frozenset())
+        assert not seen.errors
+
+
+async def test_a_port_name_is_resolved_in_each_slice(kube: KubeApiServer):
+    metrics = {"name": "metrics", "protocol": "TCP", "port": 9100}
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"], ports=[
+        {"name": "grpc", "protocol": "TCP", "port": 8080}, metrics]))  # fmt: skip
+    kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, ["10.0.0.2"], ports=[
+        metrics, {"name": "grpc", "protocol": "TCP", "port": 9090}]))  # fmt: skip
+    async with resolving() as seen:
+        await seen.wait_for_set({"10.0.0.1:8080", "10.0.0.2:9090"})
+    async with resolving(f"k8s://{NS}/{SERVICE}:7000") as seen:  # a number is dialled as is
+        await seen.wait_for_set({"10.0.0.1:7000", "10.0.0.2:7000"})
+
+
+async def test_an_unknown_port_name_is_reported_with_the_names_there_are(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"], port_name="grpc"))
+    async with resolving(f"k8s://{NS}/{SERVICE}:grcp") as seen:
+        await seen.wait_for(lambda: bool(seen.errors))
+        assert "no EndpointSlice of service 'greeter' has a port named 'grcp'" in seen.errors[0]
+        assert "'grpc'" in seen.errors[0]
+
+
+async def test_dual_stack_slices_give_both_address_families(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-v4", SERVICE, ["10.0.0.1"]))
+    kube.put_slice(NS, endpoint_slice("greeter-v6", SERVICE, ["fd00::1"], address_type="IPv6"))
+    async with resolving() as seen:
+        await seen.wait_for_set({"10.0.0.1:8080", "[fd00::1]:8080"})
+
+
+async def test_odd_slices_are_skipped_with_a_warning_naming_them(kube, caplog):
+    caplog.set_level(logging.WARNING, logger="gz.discovery.k8s")
+    kube.put_slice(NS, endpoint_slice("good", SERVICE, ["10.0.0.1"]))
+    kube.put_slice(NS, endpoint_slice("no-ports", SERVICE, ["10.0.0.2"], ports=[]))
+    kube.put_slice(NS, endpoint_slice("no-number", SERVICE, ["10.0.0.3"], port=None))
+    no_addresses = endpoint_slice("no-addresses", SERVICE, ["10.0.0.4", "10.0.0.5"])
+    no_addresses["endpoints"][0]["addresses"] = []
+    kube.put_slice(NS, no_addresses)
+    kube.put_slice(NS, endpoint_slice("bad-address", SERVICE, ["10.0.0.300", "10.0.0.6"]))
+    kube.put_slice(NS, endpoint_slice("v6-in-v4", SERVICE, ["fd00::7"]))
+    kube.put_slice(NS, endpoint_slice("odd-type", SERVICE, ["10.0.0.8"], address_type="Carrier"))
+    mangled = endpoint_slice("mangled", SERVICE, ["10.0.0.9"])
+    mangled["endpoints"] = ["not an endpoint", {"addresses": "10.0.0.9"}]
+    kube.put_slice(NS, mangled)
+    async with resolving() as seen:
+        await seen.wait_for_set(at(["10.0.0.1", "10.0.0.5", "10.0.0.6"]))
+        kube.put_slice(NS, endpoint_slice("late", SERVICE, ["10.0.0.10"]))  # still watching
+        await seen.wait_for_set(at(["10.0.0.1", "10.0.0.5", "10.0.0.6", "10.0.0.10"]))
+    warnings = "\n".join(r.getMessage() for r in caplog.records)
+    for name in ("no-ports", "no-number", "no-addresses", "bad-address", "v6-in-v4", "odd-type",
+                 "mangled"):  # fmt: skip
+        assert f"EndpointSlice '{name}'" in warnings
+    assert "EndpointSlice 'good'" not in warnings
+
+
+# -- resourceVersion, 410, reconnects ---------------------------------------------------------
+async def test_the_watch_starts_from_the_list_and_asks_for_bookmarks(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
+    version = kube.resource_version
+    async with resolving() as seen:
+        await seen.wait_for_set(at(["10.0.0.1"]))
+        await eventually(lambda: bool(kube.watches))
+        watch = kube.watches[0]
+        assert watch["resourceVersion"] == version
+        assert watch["allowWatchBookmarks"] == "true"
+        assert 0 < int(watch["timeoutSeconds"]) < 300
+
+
+async def test_an_expired_watch_lists_again_without_flapping(kube: KubeApiServer):
+    a, b = ips("10.1.0", 100), ips("10.2.0", 60)
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, a))
+    kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, b))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(a + b))
+        await eventually(lambda: kube.open_watches() == 1)
+        with kube.holding_watches():  # the client falls behind, then history is compacted
+            kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, b[:30]))
+            kube.delete_slice(NS, "greeter-a")
+            kube.put_slice(NS, endpoint_slice("greeter-c", SERVICE, ["10.3.0.1"]))
+            kube.compact()
+        await seen.wait_for_set(at([*b[:30], "10.3.0.1"]))
+        assert len(kube.lists) == 2  # the 410 made it list again
+        kube.put_slice(NS, endpoint_slice("greeter-c", SERVICE, ["10.3.0.2"]))
+        await seen.wait_for_set(at([*b[:30], "10.3.0.2"]))  # and it watches again after
+        assert never_emptied(seen) and not seen.errors
+
+
+@pytest.mark.parametrize("as_http_status", [False, True], ids=["error-event", "http-410"])
+async def test_a_410_when_the_watch_starts_lists_again(kube: KubeApiServer, as_http_status):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(["10.0.0.1"]))
+        await eventually(lambda: kube.open_watches() == 1)
+        kube.gone_on_next_watch(as_http_status)
+        kube.close_watches()
+        await eventually(lambda: len(kube.lists) == 2)
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.2"]))
+        await seen.wait_for_set(at(["10.0.0.2"]))
+        assert never_emptied(seen) and not seen.errors
+
+
+@pytest.mark.parametrize("abort", [False, True], ids=["closed", "cut"])
+async def test_a_dropped_watch_resumes_and_misses_nothing(kube: KubeApiServer, abort: bool):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(["10.0.0.1"]))
+        await eventually(lambda: kube.open_watches() == 1)
+        kube.close_watches(abort=abort)
+        # changed while the client is between watches: the next watch replays them
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1", "10.0.0.2"]))
+        kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, ["10.0.0.3"]))
+        await seen.wait_for_set(at(["10.0.0.1", "10.0.0.2", "10.0.0.3"]))
+        assert len(kube.lists) == 1 and len(kube.watches) >= 2
+        assert never_emptied(seen) and not seen.errors  # resumed at once: nothing to report
+
+
+async def test_bookmarks_carry_the_resource_version_past_other_services(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(["10.0.0.1"]))
+        await eventually(lambda: kube.open_watches() == 1)
+        for n in range(5):  # changes this watch never sees
+            kube.put_slice(NS, endpoint_slice("other-a", "other", [f"10.9.0.{n + 1}"]))
+        latest = kube.resource_version
+        kube.bookmark()
+        await asyncio.sleep(0.2)
+        kube.compact()  # only the bookmark's version is still watchable
+        kube.close_watches()
+        await eventually(lambda: kube.open_watches() == 1 and len(kube.watches) == 2)
+        assert kube.watches[1]["resourceVersion"] == latest
+        assert len(kube.lists) == 1  # no 410, no relist
+
+
+async def test_an_unreachable_api_server_keeps_the_last_set(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1", "10.0.0.2"]))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(["10.0.0.1", "10.0.0.2"]))
+        kube.stop()
+        await seen.wait_for(lambda: bool(seen.errors))
+        assert "cannot reach the Kubernetes API server at http://127.0.0.1:" in seen.errors[0]
+        assert seen.errors[0].startswith(TARGET)
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.2", "10.0.0.3"]))
+        await asyncio.sleep(0.5)  # retrying meanwhile
+        assert seen.current == at(["10.0.0.1", "10.0.0.2"]) and len(seen.updates) == 1
+        kube.start()
+        await seen.wait_for_set(at(["10.0.0.2", "10.0.0.3"]))
+        assert never_emptied(seen)
+
+
+# -- permissions --------------------------------------------------------------------------------
+async def test_a_forbidden_namespace_gives_one_clear_error(kube: KubeApiServer):
+    kube.forbidden.add("locked")
+    kube.put_slice("locked", endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
+    async with resolving(f"k8s://locked/{SERVICE}:grpc") as seen:
+        await seen.wait_for(lambda: bool(seen.errors))
+        await asyncio.sleep(0.5)  # several retries later, still one message
+        assert len(seen.errors) == 1 and not seen.updates
+        message = seen.errors[0]
+        for needed in ("k8s://locked/greeter:grpc", "403", "list and watch", "endpointslices",
+                       "discovery.k8s.io", "'locked'", "gz kube endpoints"):  # fmt: skip
+            assert needed in message
+        kube.forbidden.clear()  # the Role gets applied: it recovers by itself
+        await seen.wait_for_set(at(["10.0.0.1"]))
+
+
+async def test_a_rejected_token_is_reported(kube: KubeApiServer, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path / "bad", "wrong")))
+    async with resolving() as seen:
+        await seen.wait_for(lambda: bool(seen.errors))
+        assert "401 Unauthorized" in seen.errors[0] and not seen.updates
+
+
+async def test_a_missing_kubeconfig_is_reported(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nothing-here"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    async with resolving() as seen:
+        await seen.wait_for(lambda: bool(seen.errors))
+        assert "no usable Kubernetes configuration" in seen.errors[0]
+        assert "KUBECONFIG" in seen.errors[0]
+
+
+# -- targets ------------------------------------------------------------------------------------
+def test_a_full_target_names_namespace_service_and_port():
+    target = parse_kube_target(parse_target("k8s://shop/greeter:grpc"), env={})
+    assert (target.namespace, target.service, target.port) == ("shop", "greeter", "grpc")
+    target = parse_kube_target(parse_target("k8s://shop/greeter:8080"), env={})
+    assert target.port == 8080
+
+
+def test_the_namespace_defaults_to_pod_namespace_then_the_file_then_default(tmp_path: Path):
+    target = parse_target("k8s:///greeter:grpc")
+    namespace_file = tmp_path / "namespace"
+    namespace_file.write_text("team-a\n")
+    env = {"POD_NAMESPACE": "prod"}
+    assert parse_kube_target(target, env, namespace_file).namespace == "prod"
+    assert parse_kube_target(target, {}, namespace_file).namespace == "team-a"
+    assert parse_kube_target(target, {}, tmp_path / "missing").namespace == "default"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "k8s://shop/greeter",
+        "k8s://shop/greeter:",
+        "k8s://shop/Greeter:grpc",
+        "k8s://shop/greeter:0",
+        "k8s://shop/greeter:70000",
+        "k8s://shop/greeter:grpc_port",
+        "k8s://Shop_1/greeter:grpc",
+        "k8s://shop/greeter:grpc?refresh=1s",
+        "k8s://shop/",
+    ],
+)
+def test_a_malformed_target_says_what_is_wrong_and_the_right_form(text: str):
+    with pytest.raises(TargetError) as caught:
+        build_resolver(text)
+    assert repr(text) in str(caught.value) and FORMS["k8s"] in str(caught.value)
+
+
+def test_a_bare_name_with_k8s_discovery_uses_the_grpc_port(monkeypatch):
+    monkeypatch.setenv("GZ_DISCOVERY", "k8s")
+    monkeypatch.setenv("POD_NAMESPACE", "shop")
+    resolver = build_resolver("greeter")
+    assert isinstance(resolver, KubernetesResolver)
+    assert str(resolver.kube_target) == "k8s://shop/greeter:grpc"
+
+
+def test_import_framework_does_not_load_kubernetes():
+    code = (
+        "import sys, framework\n"
+        "framework.discovery.build_resolver('k8s://shop/greeter:grpc')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    assert result.stdout.strip() == "[]"
+
+
+# -- end to end: real servers behind slices ------------------------------------------------------
+async def start_pods(count: int) -> list[framework.Service]:
+    """Greeters on 127.0.0.2, 127.0.0.3, ... all on one port, as pods of one Deployment are."""
+    for _ in range(5):
+        port, pods = free_port(), []
+        try:
+            for n in range(count):
+                pods.append(await start_greeter(listen=f"127.0.0.{n + 2}:{port}"))
+            return pods
+        except Exception:  # that port was taken on another loopback address: try another
+            for pod in pods:
+                await pod.server.stop()
+    raise AssertionError("no port free on every loopback address")
+
+
+def pod_slice(name: str, pods: list[framework.Service], serving: dict[str, bool]) -> dict:
+    port = int(pods[0].address.rsplit(":", 1)[1])
+    addresses = [(p.address.rsplit(":", 1)[0], {"ready": serving.get(p.address, True),
+                  "serving": serving.get(p.address, True)}) for p in pods]  # fmt: skip
+    return endpoint_slice(name, SERVICE, addresses, port=port)
+
+
+async def count_replicas(channel, calls: int) -> Counter[str]:
+    replies = await asyncio.gather(*(say_hello(channel) for _ in range(calls)))
+    return Counter(reply.served_by for reply in replies)
+
+
+async def test_calls_follow_the_serving_pods_of_a_service(kube: KubeApiServer):
+    pods = await start_pods(4)
+    old, new = pods[:3], pods[3]
+    try:
+        kube.put_slice(NS, pod_slice("greeter-a", old[:2], {}))
+        kube.put_slice(NS, pod_slice("greeter-b", [old[2], new], {new.address: False}))
+        async with framework.connect(f"k8s://{NS}/{SERVICE}:grpc") as channel:
+            await channel.channel_ready()
+            await asyncio.sleep(0.2)
+            served = await count_replicas(channel, 90)
+            assert set(served) == {p.address for p in old}  # spread over all, not the unready
+
+            kube.put_slice(NS, pod_slice("greeter-b", [old[2], new], {}))  # new pod is ready
+            started = time.monotonic()
+            while (await say_hello(channel)).served_by != new.address:
+                assert time.monotonic() - started < 0.5, "the new pod got no call within 0.5 s"
+
+            leaving = old[0]
+            kube.put_slice(NS, pod_slice("greeter-a", old[:2], {leaving.address: False}))
+            deadline = time.monotonic() + 0.5
+            while Endpoint.parse(leaving.address) in channel.endpoints:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            served = await count_replicas(channel, 120)
+            assert leaving.address not in served
+            assert set(served) == {old[1].address, old[2].address, new.address}
+    finally:
+        for pod in pods:
+            await pod.server.stop()
+
+
+# -- gz resolve ---------------------------------------------------------------------------------
+def gz(*args: str) -> list[str]:
+    return [str(ROOT / ".venv" / "bin" / "python"), "-m", "scaffold.cli", *args]
+
+
+async def test_gz_resolve_prints_the_set_as_json(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.2", "10.0.0.1"]))
+    kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, ["fd00::1"], address_type="IPv6"))
+    result = await asyncio.to_thread(
+        subprocess.run, gz("resolve", TARGET, "--json"), cwd=ROOT, env=dict(os.environ),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "target": TARGET,
+        "endpoints": ["10.0.0.1:8080", "10.0.0.2:8080", "[fd00::1]:8080"],
+    }
+
+
+async def test_gz_resolve_watch_prints_each_change(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
+    process = subprocess.Popen(gz("resolve", TARGET, "--watch", "--json"), cwd=ROOT,
+                               env=dict(os.environ), stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        first = await asyncio.to_thread(process.stdout.readline)
+        assert json.loads(first)["endpoints"] == ["10.0.0.1:8080"]
+        kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, ["10.0.0.2"]))
+        second = await asyncio.to_thread(process.stdout.readline)
+        assert json.loads(second)["endpoints"] == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_gz_resolve_explains_a_forbidden_namespace(kube: KubeApiServer):
+    kube.forbidden.add("locked")
+    result = await asyncio.to_thread(
+        subprocess.run, gz("resolve", f"k8s://locked/{SERVICE}:grpc"), cwd=ROOT,
+        env=dict(os.environ), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "endpointslices" in result.stderr and "gz kube endpoints" in result.stderr

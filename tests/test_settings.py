@@ -1,0 +1,165 @@
+"""GZ_* variables: each one read from the environment, and one clear line for each bad value."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from framework.durations import parse_duration
+from framework.settings import ClientSettings, EtcdSettings, ServerSettings, SettingsError
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Only the variables a test sets: the developer's own GZ_* must not leak in."""
+    for name in os.environ:
+        if name.startswith("GZ_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_defaults_without_any_variable():
+    server = ServerSettings.from_env()
+    assert (server.name, server.listen, server.advertise_host) == ("", "0.0.0.0:8080", None)
+    assert (server.registry, server.etcd_key, server.etcd_ttl) == ("none", None, 10)
+    assert (server.shutdown_drain, server.shutdown_grace) == (5.0, 10.0)
+    assert (server.log_level, server.log_format) == ("INFO", "text")
+    assert server.etcd_endpoints == ["127.0.0.1:2379"]
+    client = ClientSettings.from_env()
+    assert (client.balancer, client.timeout, client.discovery, client.health_check) == (
+        "round_robin", None, None, True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "field", "value"),
+    [
+        ("GZ_NAME", "greeter", "name", "greeter"),
+        ("GZ_LISTEN", "127.0.0.1:9000", "listen", "127.0.0.1:9000"),
+        ("GZ_LISTEN", "[::1]:9000", "listen", "[::1]:9000"),
+        ("GZ_ADVERTISE_HOST", "10.0.0.7", "advertise_host", "10.0.0.7"),
+        ("GZ_REGISTRY", "etcd", "registry", "etcd"),
+        ("GZ_ETCD_KEY", "greeter.rpc", "etcd_key", "greeter.rpc"),
+        ("GZ_ETCD_TTL", "30", "etcd_ttl", 30),
+        ("GZ_SHUTDOWN_DRAIN", "500ms", "shutdown_drain", 0.5),
+        ("GZ_SHUTDOWN_GRACE", "2m", "shutdown_grace", 120.0),
+        ("GZ_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+        ("GZ_LOG_FORMAT", "json", "log_format", "json"),
+        ("GZ_ETCD_ENDPOINTS", "10.0.0.1:2379, 10.0.0.2:2379", "etcd_endpoints",
+         ["10.0.0.1:2379", "10.0.0.2:2379"]),
+        ("GZ_ETCD_USERNAME", "root", "etcd_username", "root"),
+    ],
+)  # fmt: skip
+def test_server_variable_is_read(clean_environment, variable, text, field, value):
+    clean_environment.setenv(variable, text)
+    if variable == "GZ_ETCD_USERNAME":
+        clean_environment.setenv("GZ_ETCD_PASSWORD", "secret")  # they go together
+    assert getattr(ServerSettings.from_env(), field) == value
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "field", "value"),
+    [
+        ("GZ_BALANCER", "round_robin", "balancer", "round_robin"),
+        ("GZ_TIMEOUT", "1.5", "timeout", 1.5),
+        ("GZ_DISCOVERY", "etcd", "discovery", "etcd"),
+        ("GZ_DISCOVERY", "k8s", "discovery", "k8s"),
+        ("GZ_DISCOVERY", "dns", "discovery", "dns"),
+        ("GZ_HEALTH_CHECK", "false", "health_check", False),
+        ("GZ_ETCD_ENDPOINTS", "etcd-0.etcd:2379", "etcd_endpoints", ["etcd-0.etcd:2379"]),
+    ],
+)
+def test_client_variable_is_read(clean_environment, variable, text, field, value):
+    clean_environment.setenv(variable, text)
+    assert getattr(ClientSettings.from_env(), field) == value
+
+
+def test_etcd_credentials_and_tls_files_are_read(clean_environment, tmp_path):
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    for path in files.values():
+        path.write_text("-----BEGIN CERTIFICATE-----\n")
+    clean_environment.setenv("GZ_ETCD_USERNAME", "root")
+    clean_environment.setenv("GZ_ETCD_PASSWORD", "secret")
+    clean_environment.setenv("GZ_ETCD_CA", str(files["ca"]))
+    clean_environment.setenv("GZ_ETCD_CERT", str(files["cert"]))
+    clean_environment.setenv("GZ_ETCD_KEYFILE", str(files["key"]))
+    etcd = EtcdSettings.from_env()
+    assert (etcd.etcd_username, etcd.etcd_password) == ("root", "secret")
+    assert (etcd.etcd_ca, etcd.etcd_cert, etcd.etcd_keyfile) == (
+        str(files["ca"]), str(files["cert"]), str(files["key"]),
+    )  # fmt: skip
+
+
+def test_arguments_win_over_the_environment(clean_environment):
+    clean_environment.setenv("GZ_LISTEN", "127.0.0.1:9000")
+    assert ServerSettings.from_env(listen="127.0.0.1:9001").listen == "127.0.0.1:9001"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("0.5", 0.5), ("2", 2.0), ("500ms", 0.5), ("10s", 10.0), ("2m", 120.0), ("1h", 3600.0),
+     ("1.5s", 1.5), (".25", 0.25), ("0", 0.0)],
+)  # fmt: skip
+def test_durations(clean_environment, text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+    clean_environment.setenv("GZ_SHUTDOWN_DRAIN", text)
+    assert ServerSettings.from_env().shutdown_drain == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable", "text"),
+    [
+        (ServerSettings, "GZ_SHUTDOWN_DRAIN", "soon"),
+        (ServerSettings, "GZ_SHUTDOWN_DRAIN", "5 minutes"),
+        (ServerSettings, "GZ_SHUTDOWN_GRACE", "-1s"),
+        (ServerSettings, "GZ_SHUTDOWN_GRACE", "10d"),
+        (ClientSettings, "GZ_TIMEOUT", "1x"),
+        (ServerSettings, "GZ_LISTEN", "8080"),
+        (ServerSettings, "GZ_LISTEN", "localhost"),
+        (ServerSettings, "GZ_LISTEN", "::1:8080"),
+        (ServerSettings, "GZ_LISTEN", "127.0.0.1:99999"),
+        (ServerSettings, "GZ_REGISTRY", "consul"),
+        (ServerSettings, "GZ_ETCD_TTL", "1"),
+        (ServerSettings, "GZ_ETCD_TTL", "3601"),
+        (ServerSettings, "GZ_ETCD_TTL", "ten"),
+        (ServerSettings, "GZ_ETCD_ENDPOINTS", "10.0.0.1:2379,10.0.0.2"),
+        (ClientSettings, "GZ_ETCD_ENDPOINTS", "http//etcd:2379"),
+        (ClientSettings, "GZ_ETCD_ENDPOINTS", ","),
+        (ServerSettings, "GZ_LOG_LEVEL", "LOUD"),
+        (ServerSettings, "GZ_LOG_FORMAT", "xml"),
+        (ClientSettings, "GZ_BALANCER", "random"),
+        (ClientSettings, "GZ_DISCOVERY", "consul"),
+        (ClientSettings, "GZ_HEALTH_CHECK", "maybe"),
+        (ClientSettings, "GZ_ETCD_CA", "/nonexistent/ca.pem"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_variable_and_value(
+    clean_environment, settings, variable, text
+):
+    clean_environment.setenv(variable, text)
+    with pytest.raises(SettingsError) as raised:
+        settings.from_env()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert variable in message
+    assert repr(text) in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "companion"),
+    [("GZ_ETCD_USERNAME", "GZ_ETCD_PASSWORD"), ("GZ_ETCD_CERT", "GZ_ETCD_KEYFILE")],
+)
+def test_a_missing_companion_variable_is_named(clean_environment, tmp_path, variable, companion):
+    certificate = tmp_path / "client.pem"
+    certificate.write_text("-----BEGIN CERTIFICATE-----\n")
+    clean_environment.setenv(variable, str(certificate))
+    with pytest.raises(SettingsError) as raised:
+        ClientSettings.from_env()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert companion in message
+
+
+def test_a_settings_error_is_a_value_error():
+    assert issubclass(SettingsError, ValueError)
