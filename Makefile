@@ -1,8 +1,9 @@
 VENV ?= .venv
 PYTHON ?= python3
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: install test lint demo gen clean
+.PHONY: install test lint demo gen bench clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +21,9 @@ lint: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python -m examples.greeter.demo
+
+bench: $(VENV)/.installed  # every scenario of docs/benchmarks.md; BENCH_ARGS=--quick for a smoke run
+	$(VENV)/bin/python -m benchmarks $(BENCH_ARGS)
 
 gen: $(VENV)/.installed
 	PYTHON=$(VENV)/bin/python bash examples/greeter/gen.sh

@@ -7,6 +7,7 @@ from .balancing import BalancedChannel
 from .client import connect
 from .discovery import Endpoint, ManualResolver, Resolver, TargetError
 from .middleware import CallContext, Middleware
+from .middleware.retry import Retry, RetryPolicy, idempotent
 from .service import Service, run
 from .settings import ClientSettings, ServerSettings, SettingsError
 
@@ -18,10 +19,13 @@ __all__ = [
     "ManualResolver",
     "Middleware",
     "Resolver",
+    "Retry",
+    "RetryPolicy",
     "ServerSettings",
     "Service",
     "SettingsError",
     "TargetError",
     "connect",
+    "idempotent",
     "run",
 ]

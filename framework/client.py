@@ -10,7 +10,10 @@ import grpc
 from .balancing import BalancedChannel, picker_class
 from .discovery import Resolver, build_resolver
 from .middleware import Middleware
+from .middleware.defaults import client_middleware
+from .middleware.retry import Retry, RetryPolicy
 from .settings import ClientSettings
+from .tls import channel_credentials
 
 
 def connect(
@@ -23,6 +26,7 @@ def connect(
     credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
     health_check: bool | None = None,
+    retry: RetryPolicy | bool | None = None,
     settings: ClientSettings | None = None,
 ) -> BalancedChannel:
     """A channel that balances every call over the live endpoints of ``target``.
@@ -34,9 +38,27 @@ def connect(
     watched and an endpoint that says NOT_SERVING, as a draining gz server does, gets no new calls.
     A malformed target raises ValueError (TargetError) quoting it and showing the right form.
     Resolution starts on first use, inside the event loop that makes the calls.
+    ``balancer`` is ``p2c_ewma`` (default, GZ_BALANCER) or ``round_robin``. ``retry`` (default
+    on: GZ_RETRY_MAX_ATTEMPTS, GZ_IDEMPOTENT_METHODS) retries failed unary calls on another
+    endpoint; pass a RetryPolicy to tune it or False to switch it off (docs/balancing.md).
+    gz's default client middleware (tracing, metrics, call log, auth, deadline: see
+    docs/middleware.md) runs around ``middleware``; TLS comes from GZ_TLS_* unless
+    ``credentials`` are given.
     """
     settings = settings or ClientSettings.from_env()
     resolver = target if isinstance(target, Resolver) else build_resolver(target)
+    timeout = timeout if timeout is not None else settings.timeout
+    if settings.metrics:
+        from .middleware.metrics import count_resolution
+
+        resolver = count_resolution(resolver)
+    middleware = [*client_middleware(settings, timeout), *middleware]
+    if settings.deadline:
+        timeout = None  # the Deadline middleware applies it, with GZ_METHOD_TIMEOUTS
+    if credentials is None:
+        credentials = channel_credentials(settings)
+    if settings.tls_server_name:
+        options = [*options, ("grpc.ssl_target_name_override", settings.tls_server_name)]
     return BalancedChannel(
         resolver,
         picker=picker_class(balancer or settings.balancer),
@@ -44,6 +66,19 @@ def connect(
         interceptors=interceptors,
         options=options,
         credentials=credentials,
-        timeout=timeout if timeout is not None else settings.timeout,
+        timeout=timeout,
         health_check=settings.health_check if health_check is None else health_check,
+        retry=_retry(retry, settings),
     )
+
+
+def _retry(retry: RetryPolicy | bool | None, settings: ClientSettings) -> Retry | None:
+    """The channel's Retry middleware (None: no retries); one per channel, with its budget."""
+    if retry is False:
+        return None
+    if not isinstance(retry, RetryPolicy):
+        retry = RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            idempotent_methods=frozenset(settings.idempotent_methods),
+        )
+    return Retry(retry) if retry.max_attempts > 1 else None

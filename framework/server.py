@@ -15,12 +15,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .middleware import Middleware
+from .middleware.defaults import server_middleware
 from .middleware.handlers import wrap_method_handler
 from .netaddr import advertise_host, join_host_port, parse_host_port
 from .registration import Registration, registration_for
 from .settings import ServerSettings
+from .tls import server_credentials
 
 if TYPE_CHECKING:
+    from .probes import ProbeServer
     from .service import Service
 
 log = logging.getLogger("gz.server")
@@ -29,7 +32,12 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class Server:
-    """Runs one Service: ``start()``, then ``stop()`` in the documented shutdown order."""
+    """Runs one Service: ``start()``, then ``stop()`` in the documented shutdown order.
+
+    The service's ``middleware`` runs inside gz's default chain (tracing, metrics, call log,
+    recovery, shedding, auth, deadline as settings choose); ``default_middleware=False`` leaves
+    only the service's own.
+    """
 
     def __init__(
         self,
@@ -37,6 +45,7 @@ class Server:
         settings: ServerSettings,
         middleware: Sequence[Middleware] = (),
         registration: Registration | None = None,
+        default_middleware: bool = True,
     ) -> None:
         self.service = service
         self.settings = settings
@@ -44,12 +53,18 @@ class Server:
         self.port = 0
         self.service_names: list[str] = []
         self._middleware = tuple(middleware)
+        self._default_middleware = default_middleware
+        self.probes: ProbeServer | None = None  # the GZ_METRICS_PORT endpoint, once started
         self._registration = registration or registration_for(settings, service.name)
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Listen, report SERVING, then register: a registered address never refuses calls."""
         # grpc.aio objects belong to the running loop, so they are made here, not in __init__.
+        if self._default_middleware:
+            defaults = server_middleware(self.settings, self.service.name)
+            self._middleware = (*defaults, *self._middleware)
+        credentials = server_credentials(self.settings)
         self._executor = ThreadPoolExecutor(thread_name_prefix=f"gz-{self.service.name}")
         self._server = grpc.aio.server(
             migration_thread_pool=self._executor, options=server_options(self.settings)
@@ -61,17 +76,24 @@ class Server:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         try:
-            self.port = self._server.add_insecure_port(self.settings.listen)
+            if credentials is None:
+                self.port = self._server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = self._server.add_secure_port(self.settings.listen, credentials)
         except RuntimeError as error:
             raise OSError(f"cannot listen on GZ_LISTEN={self.settings.listen}: {error}") from None
-        await self._server.start()
         listen_host, _ = parse_host_port(self.settings.listen)
+        if self.settings.metrics_port is not None:
+            self.probes = _start_probes(listen_host, self.settings.metrics_port)
+        await self._server.start()
         host = advertise_host(listen_host, self.settings.advertise_host)
         self.address = join_host_port(host, self.port)
         await self.service.on_start()
         for name in ("", *self.service_names):
             await self._health.set(name, SERVING)
         await self._registration.register(self.address)
+        if self.probes is not None:
+            self.probes.ready = True
         log.info(
             "serving %s on %s (listening on %s; services: %s)",
             self.service.name, self.address, self.settings.listen, ", ".join(self.service_names),
@@ -100,6 +122,8 @@ class Server:
         await asyncio.shield(self._stopping)
 
     async def _stop(self) -> None:
+        if self.probes is not None:
+            self.probes.ready = False
         await self._health.enter_graceful_shutdown()
         try:
             await self._registration.deregister()
@@ -109,13 +133,18 @@ class Server:
         await asyncio.sleep(self.settings.shutdown_drain)
         await self._server.stop(self.settings.shutdown_grace)
         await self.service.on_stop()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._close_side_resources()
         log.info("stopped %s", self.address)
+
+    def _close_side_resources(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.probes is not None:
+            self.probes.close()
 
     async def abort(self) -> None:
         """Stop now: in-flight calls are cancelled (a second signal)."""
         await self._server.stop(None)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._close_side_resources()
 
     async def serve(self) -> int:
         """Start, run until SIGTERM or SIGINT, drain; a second signal stops at once (exit 1)."""
@@ -141,6 +170,19 @@ class Server:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+
+
+def _start_probes(host: str, port: int) -> ProbeServer:
+    from .probes import ProbeServer  # http.server: only for services that serve metrics
+
+    try:
+        probes = ProbeServer(host, port)
+    except OSError as error:
+        raise OSError(f"cannot listen on GZ_METRICS_PORT={port} ({host}): {error}") from None
+    probes.start()
+    log.info("metrics and probes on http://%s/metrics, /healthz, /readyz",
+             join_host_port(host, probes.port))  # fmt: skip
+    return probes
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:

@@ -70,6 +70,9 @@ def run(service_class: type[Service]) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         return asyncio.run(service_class(settings).serve())
+    except SettingsError as error:  # e.g. OTEL_TRACES_EXPORTER, read when the server starts
+        print(f"gz: {error}", file=sys.stderr)
+        return 2
     except (OSError, TypeError) as error:
         print(f"gz: {service_class.__name__}: {error}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .durations import Duration
+from .durations import Duration, parse_duration
 from .netaddr import parse_host_port
 
 
@@ -80,20 +80,72 @@ class EtcdSettings(_GzSettings):
     @field_validator("etcd_ca", "etcd_cert")
     @classmethod
     def _readable_file(cls, path: str | None) -> str | None:
-        if path is not None and not Path(path).is_file():
-            raise ValueError("no such file")
-        return path
+        return _existing_file(path)
 
     @field_validator("etcd_keyfile")
     @classmethod
     def _keyfile_with_cert(cls, path: str | None, info: ValidationInfo) -> str | None:
-        cls._readable_file(path)
-        if (path is None) != (info.data.get("etcd_cert") is None) and "etcd_cert" in info.data:
-            raise ValueError("GZ_ETCD_CERT and GZ_ETCD_KEYFILE go together (client certificate)")
-        return path
+        message = "GZ_ETCD_CERT and GZ_ETCD_KEYFILE go together (client certificate)"
+        return _file_paired_with(path, info, "etcd_cert", message)
 
 
-class ServerSettings(EtcdSettings):
+def _existing_file(path: str | None) -> str | None:
+    if path is not None and not Path(path).is_file():
+        raise ValueError("no such file")
+    return path
+
+
+def _file_paired_with(
+    path: str | None, info: ValidationInfo, partner: str, message: str
+) -> str | None:
+    """An existing file, set if and only if the field ``partner`` (validated before) is set."""
+    _existing_file(path)
+    if partner in info.data and (path is None) != (info.data[partner] is None):
+        raise ValueError(message)
+    return path
+
+
+def _method_timeouts(value: object) -> object:
+    """``SayHello=200ms,/pkg.Svc/Slow=5s`` -> {"SayHello": 0.2, "/pkg.Svc/Slow": 5.0}."""
+    if not isinstance(value, str):
+        return value
+    timeouts = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        method, equals, duration = item.partition("=")
+        if not equals or not method.strip():
+            raise ValueError(f"expected Method=duration pairs such as SayHello=200ms, got {item!r}")
+        timeouts[method.strip()] = parse_duration(duration)
+    return timeouts
+
+
+MethodTimeouts = Annotated[dict[str, float], NoDecode, BeforeValidator(_method_timeouts)]
+
+
+class MiddlewareSettings(_GzSettings):
+    """The default middleware of servers and clients (docs/middleware.md) and TLS."""
+
+    tracing: bool = True
+    metrics: bool = True
+    call_log: bool = True
+    slow_call: Duration = 0.5
+    deadline: bool = True
+    tls_cert: str | None = None
+    tls_key: str | None = Field(default=None, validate_default=True)
+    tls_ca: str | None = None
+
+    @field_validator("tls_cert", "tls_ca")
+    @classmethod
+    def _tls_file(cls, path: str | None) -> str | None:
+        return _existing_file(path)
+
+    @field_validator("tls_key")
+    @classmethod
+    def _key_with_cert(cls, path: str | None, info: ValidationInfo) -> str | None:
+        message = "GZ_TLS_CERT and GZ_TLS_KEY go together (certificate and its key)"
+        return _file_paired_with(path, info, "tls_cert", message)
+
+
+class ServerSettings(EtcdSettings, MiddlewareSettings):
     """Everything a server reads at start-up (see docs/configuration.md)."""
 
     name: str = ""
@@ -108,6 +160,11 @@ class ServerSettings(EtcdSettings):
     max_connection_age_grace: Duration = 10.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    recovery: bool = True
+    shed_cpu: float | None = Field(default=None, gt=0, le=100)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    auth_tokens: CommaList = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
@@ -115,16 +172,32 @@ class ServerSettings(EtcdSettings):
         parse_host_port(listen)
         return listen
 
+    @field_validator("tls_ca")
+    @classmethod
+    def _server_ca_needs_cert(cls, ca: str | None, info: ValidationInfo) -> str | None:
+        if ca is not None and info.data.get("tls_cert") is None and "tls_key" in info.data:
+            raise ValueError(
+                "a TLS server needs its own certificate: set GZ_TLS_CERT and GZ_TLS_KEY too "
+                "(GZ_TLS_CA then requires client certificates signed by that CA)"
+            )
+        return ca
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, level: object) -> object:
         return level.upper() if isinstance(level, str) else level
 
 
-class ClientSettings(EtcdSettings):
+class ClientSettings(EtcdSettings, MiddlewareSettings):
     """Defaults for connect(); arguments to connect() win over these."""
 
-    balancer: Literal["round_robin"] = "round_robin"
+    balancer: Literal["p2c_ewma", "round_robin"] = "p2c_ewma"
+    retry_max_attempts: int = Field(default=3, ge=1, le=10)  # 1: no retries
+    idempotent_methods: CommaList = Field(default_factory=list)  # pkg.Service/Method or /*
     timeout: Duration | None = None
     discovery: Literal["etcd", "k8s", "dns"] | None = None
     health_check: bool = True
+    method_timeouts: MethodTimeouts = Field(default_factory=dict)
+    auth_token: str | None = None
+    tls: bool | None = None  # default: on when GZ_TLS_CA or GZ_TLS_CERT is set
+    tls_server_name: str | None = None

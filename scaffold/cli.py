@@ -1,4 +1,8 @@
-"""``gz``: run services and look at what clients see. Bad input exits 2 with one clear line."""
+"""``gz``: scaffold services, run them, deploy them, and look at what clients see.
+
+Bad input exits 2 with one ``gz: ...`` line; a failure of the world (a call, a health check)
+exits 1 the same way.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +12,171 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
 import framework
-from framework.discovery import Endpoint, Listener, build_resolver
+from framework.discovery import Endpoint
+from framework.durations import parse_duration
+
+from . import call as calling
+from . import endpoints, gen, health, kube
+from .errors import BadInput
+from .kube_objects import Shutdown
+from .names import kube_name
+from .new import REGISTRY_MODES, NewService, create
+from .project import find_project, require_project
 
 
-class BadInput(click.ClickException):
-    """Exit 2 with one line saying what is wrong."""
+class Duration(click.ParamType):
+    """0.5, 500ms, 10s, 2m: the same forms as the GZ_* variables."""
 
-    exit_code = 2
+    name = "duration"
 
-    def show(self, file: object = None) -> None:
-        click.echo(f"gz: {self.format_message()}", err=True)
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+DURATION = Duration()
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class OneLineErrors(click.Group):
+    """Every error is one ``gz: ...`` line on stderr: exit 2 for bad input, 1 for failures."""
+
+    def main(
+        self, args: list[str] | None = None, prog_name: str | None = "gz", **extra: object
+    ) -> None:
+        try:
+            result = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.UsageError as error:
+            where = error.ctx.command_path if error.ctx else "gz"
+            click.echo(f"gz: {error.format_message()} (see {where} --help)", err=True)
+            sys.exit(2)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("gz: aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(name="gz", cls=OneLineErrors, context_settings=CONTEXT)
 def main() -> None:
-    """gz: gRPC services that bootstrap themselves, clients that balance over live endpoints."""
+    """gz: gRPC services that bootstrap themselves, clients that balance over live endpoints.
 
-
-@main.command()
-@click.argument("service", metavar="MODULE:CLASS")
-def run(service: str) -> None:
-    """Run a framework.Service subclass, e.g. ``gz run examples.greeter.server:Greeter``.
-
-    Settings come from GZ_* environment variables; SIGTERM drains and exits 0.
+    Shell completion: eval "$(_GZ_COMPLETE=bash_source gz)" (or zsh_source, fish_source).
     """
-    sys.exit(framework.run(load_service(service)))
 
 
-def load_service(spec: str) -> type[framework.Service]:
+# -- gz new service ----------------------------------------------------------------------------
+@main.group()
+def new() -> None:
+    """Create a new project."""
+
+
+@new.command("service")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    help="Where to write the project (default: ./NAME).",
+)
+@click.option(
+    "--proto",
+    type=click.Path(path_type=Path),
+    help="Your own .proto (default: an example with a unary and a streaming method).",
+)
+@click.option(
+    "--registry",
+    type=click.Choice(list(REGISTRY_MODES)),
+    default="none",
+    show_default=True,
+    help="How clients find it; picks the manifests in deploy/ (none: a Service).",
+)
+@click.option("--force", is_flag=True, help="Write into a directory that is not empty.")
+@click.option(
+    "--gz-requirement",
+    default="gz",
+    show_default=True,
+    help='The dependency on gz in pyproject.toml, e.g. "gz @ file:///src/gz".',
+)
+def new_service(
+    name: str,
+    directory: Path | None,
+    proto: Path | None,
+    registry: str,
+    force: bool,
+    gz_requirement: str,
+) -> None:
+    """A service project NAME: proto, stubs, service, client, tests, Dockerfile, manifests.
+
+    Example: gz new service hello && cd hello && pip install -e '.[test]' && pytest
+    """
+    request = NewService(name, directory or Path(name), proto, registry, force, gz_requirement)
+    files = create(request)
+    click.echo(f"created {request.directory}/ with:")
+    for path in files:
+        click.echo(f"  {path}")
+    click.echo(f"next: cd {request.directory} && pip install -e '.[test]' && pytest && gz run")
+
+
+# -- gz gen ------------------------------------------------------------------------------------
+@main.command("gen")
+@click.argument("protos", nargs=-1, type=click.Path(path_type=Path))
+def gen_command(protos: tuple[Path, ...]) -> None:
+    """Regenerate Python stubs (_pb2.py, .pyi, _pb2_grpc.py) with package-relative imports.
+
+    Without PROTOS: every .proto in the package of the project here (from pyproject.toml).
+    """
+    if not protos:
+        project = require_project("gz gen")
+        protos = tuple(gen.protos_in(project.package_dir))
+        if not protos:
+            raise BadInput(f"no .proto in {project.package_dir}; name the files: gz gen FILE.proto")
+    for path in gen.generate(protos):
+        click.echo(f"wrote {os.path.relpath(path)}")
+
+
+# -- gz run ------------------------------------------------------------------------------------
+@main.command()
+@click.argument("service", metavar="[MODULE:CLASS]", required=False)
+@click.option("--reload", is_flag=True, help="Restart when a .py or .proto file changes.")
+def run(service: str | None, reload: bool) -> None:
+    """Run a service: a framework.Service subclass as MODULE:CLASS.
+
+    Example: gz run examples.greeter.server:Greeter. Without MODULE:CLASS, the [tool.gz]
+    service of the project's pyproject.toml. Settings come from GZ_* environment variables;
+    SIGTERM drains and exits 0.
+    """
+    project = find_project()
+    if service is None:
+        service = require_project("gz run").service
+    root = project.root if project is not None else Path.cwd()
+    service_class = load_service(service, root)  # bad input fails here, before any child
+    if reload:
+        from .reload import run_with_reload
+
+        sys.exit(run_with_reload(service, root))
+    sys.exit(framework.run(service_class))
+
+
+def load_service(spec: str, root: Path) -> type[framework.Service]:
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise BadInput(f"{spec!r} is not MODULE:CLASS, e.g. myservice.server:MyService")
-    sys.path.insert(0, os.getcwd())
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -54,62 +187,218 @@ def load_service(spec: str) -> type[framework.Service]:
     return service
 
 
+# -- gz kube -----------------------------------------------------------------------------------
+def _modes_help() -> str:
+    return "\n".join(f"\b\n{mode}: {text}" for mode, text in kube.MODES.items())
+
+
+@main.command(
+    "kube",
+    help=f"""Write Kubernetes manifests for one of seven ways to deploy.
+
+Every Deployment gets gRPC probes, POD_IP and POD_NAMESPACE, a preStop sleep and a
+terminationGracePeriodSeconds that covers preStop + drain + grace, resources, an HPA
+(autoscaling/v2) and a PodDisruptionBudget. MODE is one of:
+
+{_modes_help()}
+
+Example: gz kube headless --name greeter --image greeter:0.1.0 -o deploy/""",
+)
+@click.argument("mode", metavar="MODE", type=click.Choice(list(kube.MODES)))
+@click.option("--name", required=True, help="The service (a DNS-1035 name).")
+@click.option("--image", required=True, help="The service's container image.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--replicas", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write one file per object into this directory (default: print).",
+)
+@click.option(
+    "--prestop",
+    type=DURATION,
+    default="5s",
+    show_default=True,
+    help="preStop sleep before SIGTERM.",
+)
+@click.option("--drain", type=DURATION, default="5s", show_default=True, help="GZ_SHUTDOWN_DRAIN.")
+@click.option("--grace", type=DURATION, default="10s", show_default=True, help="GZ_SHUTDOWN_GRACE.")
+@click.option(
+    "--max-connection-age",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="service mode: GZ_MAX_CONNECTION_AGE.",
+)
+@click.option(
+    "--etcd-endpoints", default="etcd:2379", show_default=True, help="etcd mode: GZ_ETCD_ENDPOINTS."
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9090,
+    show_default=True,
+    help="GZ_METRICS_PORT, with Prometheus scrape annotations; 0: none.",
+)
+@click.option("--envoy-image", default=kube.envoy.IMAGE, show_default=True)
+@click.option(
+    "--client", default="", help="endpoints/envoy-sidecar: the client's name (default NAME-client)."
+)
+@click.option(
+    "--client-image", default="", help="envoy-sidecar: the client's image (default: --image)."
+)
+def kube_command(
+    mode: str,
+    name: str,
+    image: str,
+    port: int,
+    namespace: str,
+    replicas: int,
+    output: Path | None,
+    prestop: float,
+    drain: float,
+    grace: float,
+    max_connection_age: float,
+    etcd_endpoints: str,
+    metrics_port: int,
+    envoy_image: str,
+    client: str,
+    client_image: str,
+) -> None:
+    kube_name(name)
+    kube_name(namespace)
+    if metrics_port and metrics_port == port:
+        raise BadInput(f"--metrics-port {metrics_port} is also --port; pick another one")
+    for label, value in (("--image", image), ("--envoy-image", envoy_image)):
+        if not value.strip() or any(ch.isspace() for ch in value):
+            raise BadInput(f"{label} {value!r} is not an image reference, e.g. greeter:0.1.0")
+    spec = kube.KubeSpec(
+        mode=mode,
+        name=name,
+        image=image,
+        port=port,
+        namespace=namespace,
+        replicas=replicas,
+        shutdown=Shutdown(prestop=prestop, drain=drain, grace=grace),
+        max_connection_age=max_connection_age,
+        etcd_endpoints=etcd_endpoints,
+        metrics_port=metrics_port or None,
+        envoy_image=envoy_image,
+        client=client,
+        client_image=client_image,
+    )
+    manifests = kube.build(spec)
+    if output is None:
+        click.echo(kube.to_documents(manifests), nl=False)
+        return
+    for path in kube.write(manifests, output):
+        click.echo(f"wrote {path}")
+    click.echo(f"clients target {kube.client_target(spec)}")
+
+
+# -- gz resolve --------------------------------------------------------------------------------
 @main.command()
 @click.argument("target")
 @click.option("--watch", is_flag=True, help="Keep running and print every change.")
 @click.option("--json", "as_json", is_flag=True, help="Print each set as a JSON line.")
-@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for a first set.")
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default="5s",
+    show_default=True,
+    help="How long to wait for a first set.",
+)
 def resolve(target: str, watch: bool, as_json: bool, timeout: float) -> None:
-    """Print the endpoints TARGET resolves to (direct:///, dns:///, or a bare service name)."""
-    try:
-        resolver = build_resolver(target)
-    except ValueError as error:
-        raise BadInput(str(error)) from None
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_print_endpoints(resolver, watch, as_json, timeout))
+    """Print the endpoints TARGET resolves to, as a client would see them.
 
+    Example: gz resolve etcd:///greeter --watch
+    """
+    resolver = endpoints.resolver_for(target)
 
-class _Printer(Listener):
-    def __init__(self, target: str, as_json: bool, watching: bool) -> None:
-        self.target, self.as_json, self.watching = target, as_json, watching
-        self.changed = asyncio.Event()
-        self.failed: str | None = None
-
-    def update(self, endpoints: frozenset[Endpoint]) -> None:
-        addresses = [e.address for e in sorted(endpoints)]
-        if self.as_json:
-            click.echo(json.dumps({"target": self.target, "endpoints": addresses}))
-        else:
-            click.echo(f"{self.target}: {len(addresses)} endpoints")
-            for address in addresses:
-                click.echo(f"  {address}")
-        self.changed.set()
-
-    def error(self, message: str) -> None:
-        self.failed = message
-        if self.watching:
-            click.echo(f"error: {message}", err=True)
-        self.changed.set()
-
-
-async def _print_endpoints(resolver: framework.Resolver, watch: bool, as_json: bool,
-                           timeout: float) -> None:  # fmt: skip
-    printer = _Printer(resolver.target, as_json, watch)
-    watching = asyncio.ensure_future(resolver.watch(printer))
-    try:
-        if watch:
-            await watching
+    def show(found: frozenset[Endpoint]) -> None:
+        addresses = [endpoint.address for endpoint in sorted(found)]
+        if as_json:
+            click.echo(json.dumps({"target": resolver.target, "endpoints": addresses}))
             return
-        try:
-            await asyncio.wait_for(printer.changed.wait(), timeout)
-        except TimeoutError:
-            raise click.ClickException(
-                f"{resolver.target}: nothing resolved in {timeout}s"
-            ) from None
-        if printer.failed:
-            raise click.ClickException(printer.failed)
-    finally:
-        watching.cancel()
+        click.echo(f"{resolver.target}: {len(addresses)} endpoints")
+        for address in addresses:
+            click.echo(f"  {address}")
+
+    def complain(message: str) -> None:
+        click.echo(f"error: {message}", err=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        if watch:
+            asyncio.run(endpoints.watch(resolver, show, complain))
+        else:
+            show(asyncio.run(endpoints.first_set(resolver, timeout)))
+
+
+# -- gz call -----------------------------------------------------------------------------------
+@main.command("call")
+@click.argument("target")
+@click.argument("method")
+@click.argument("request", metavar="[JSON]", default="{}")
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'KEY: VALUE'",
+    help="Request metadata; may be repeated.",
+)
+@click.option("--timeout", type=DURATION, default="10s", show_default=True)
+def call_command(
+    target: str, method: str, request: str, headers: tuple[str, ...], timeout: float
+) -> None:
+    """Call METHOD on TARGET with a JSON request; print each reply as a JSON line.
+
+    METHOD is package.Service/Method, Service/Method or just Method; the server's reflection
+    describes the messages. JSON "-" reads standard input; a client-streaming method takes an
+    array of requests. Any target works, through discovery and balancing.
+
+    Example: gz call etcd:///greeter SayHello '{"name": "gz"}'
+    """
+    endpoints.resolver_for(target)  # a malformed target is bad input: exit 2
+    if request == "-":
+        request = sys.stdin.read()
+    metadata = [_header(text) for text in headers]
+    asyncio.run(calling.call(target, method, request, timeout, metadata, click.echo))
+
+
+def _header(text: str) -> tuple[str, str]:
+    key, colon, value = text.partition(":")
+    if not colon or not key.strip():
+        raise BadInput(f"header {text!r} is not 'KEY: VALUE'")
+    return key.strip().lower(), value.strip()
+
+
+# -- gz health ---------------------------------------------------------------------------------
+@main.command("health")
+@click.argument("target")
+@click.option("--service", default="", help="The service name to check (default: the server).")
+@click.option("--timeout", type=DURATION, default="3s", show_default=True)
+def health_command(target: str, service: str, timeout: float) -> None:
+    """grpc.health.v1 Check on every endpoint of TARGET; exit 0 only if all are SERVING.
+
+    Example: gz health k8s://shop/greeter:grpc --service greeter.v1.Greeter
+    """
+    resolver = endpoints.resolver_for(target)
+
+    async def check() -> dict[str, str]:
+        found = await endpoints.first_set(resolver, timeout)
+        return await health.check_all(found, service, timeout)
+
+    statuses = asyncio.run(check())
+    for address, status in statuses.items():
+        click.echo(f"{address} {status}")
+    bad = [address for address, status in statuses.items() if status != "SERVING"]
+    if not statuses:
+        raise health.NotHealthy(f"{resolver.target}: no endpoints")
+    if bad:
+        raise health.NotHealthy(f"{len(bad)} of {len(statuses)} endpoints not SERVING")
 
 
 if __name__ == "__main__":

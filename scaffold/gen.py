@@ -36,10 +36,9 @@ def generate(protos: Iterable[Path]) -> list[Path]:
             f"--pyi_out={directory}",
             f"--grpc_python_out={directory}",
         )
-        stubs = [directory / f"{proto.stem}_pb2{suffix}" for suffix in (".py", ".pyi", "_grpc.py")]
-        for stub in stubs:
-            _make_imports_relative(stub)
-        written += stubs
+        written += [directory / f"{proto.stem}_pb2{end}" for end in (".py", ".pyi", "_grpc.py")]
+    for stub in written:  # after all are written: an import may name a stub generated later
+        _make_imports_relative(stub)
     return written
 
 

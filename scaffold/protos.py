@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,15 @@ class ProtoFile:
     path: Path
     package: str
     services: tuple[Service, ...]
+    siblings: tuple[Path, ...] = ()  # protos next to it that it imports
+
+    @property
+    def grpc_module(self) -> str:
+        return f"{self.path.stem}_pb2_grpc"
+
+    @property
+    def streaming(self) -> bool:
+        return any(m.client_streaming or m.server_streaming for m in self.methods)
 
     @property
     def stub_module(self) -> str:
@@ -67,21 +77,27 @@ class ProtoFile:
     def methods(self) -> list[Method]:
         return [method for service in self.services for method in service.methods]
 
-    @property
-    def message_modules(self) -> list[MessageRef]:
-        """One ref per distinct module the request/reply types come from (for imports)."""
-        seen: dict[str, MessageRef] = {}
-        for method in self.methods:
-            for ref in (method.request, method.reply):
-                seen.setdefault(ref.module, ref)
-        return sorted(seen.values(), key=lambda ref: (ref.local, ref.module))
+    def imports(self, methods: Iterable[Method], replies: bool = True) -> Imports:
+        """The modules defining the requests (and replies) of ``methods``, for import lines."""
+        refs = [m.request for m in methods] + ([m.reply for m in methods] if replies else [])
+        return Imports(
+            installed=sorted({ref.module for ref in refs if not ref.local}),
+            local=sorted({ref.module for ref in refs if ref.local}),
+        )
+
+
+@dataclass(frozen=True)
+class Imports:
+    installed: list[str]  # e.g. google.protobuf.empty_pb2, imported as google_protobuf_empty_pb2
+    local: list[str]  # stubs generated in the project's package, imported relatively
 
 
 def read_proto(path: Path) -> ProtoFile:
     """Services and methods of ``path``; BadInput if protoc rejects it or it has no service."""
-    files = describe(path).file
+    files = list(describe(path).file)
     main = files[-1]  # protoc lists imports first
-    owners = _message_owners(files, main.name)
+    local = _local_files(path, files)
+    owners = _message_owners(files, local)
     services = tuple(
         Service(
             full_name=_qualified(main.package, service.name),
@@ -109,7 +125,26 @@ def read_proto(path: Path) -> ProtoFile:
             f"{path.name}: method {twice[0]} is in more than one service; a gz service class "
             "serves them all, so rename one"
         )
-    return ProtoFile(path, main.package, services)
+    siblings = tuple(path.parent / name for name in local if name != main.name)
+    return ProtoFile(path, main.package, services, siblings)
+
+
+_WELL_KNOWN = "google/protobuf/"  # shipped with protobuf: imported from google.protobuf
+
+
+def _local_files(path: Path, files: list[descriptor_pb2.FileDescriptorProto]) -> list[str]:
+    """The protos that go into the project's package: ``path`` and the siblings it imports."""
+    local = []
+    for file in files:
+        if file.name.startswith(_WELL_KNOWN):
+            continue
+        if "/" in file.name:
+            raise BadInput(
+                f"{path.name} imports {file.name}: gz new takes protos from one directory only; "
+                f"put {Path(file.name).name} next to {path.name} and import it by file name"
+            )
+        local.append(file.name)
+    return local
 
 
 def _qualified(package: str, name: str) -> str:
@@ -117,21 +152,19 @@ def _qualified(package: str, name: str) -> str:
 
 
 def _message_owners(
-    files: list[descriptor_pb2.FileDescriptorProto], main_name: str
+    files: list[descriptor_pb2.FileDescriptorProto], local: list[str]
 ) -> dict[str, MessageRef]:
     """``.pkg.Message`` -> where its Python class lives, for every message of every file."""
     owners: dict[str, MessageRef] = {}
     for file in files:
-        local = file.name == main_name
+        is_local = file.name in local
         module = Path(file.name).with_suffix("").as_posix().replace("/", ".") + "_pb2"
-        if local:
-            module = Path(file.name).stem + "_pb2"
         prefix = f".{file.package}." if file.package else "."
 
         def add(messages: list[descriptor_pb2.DescriptorProto], outer: str) -> None:
             for message in messages:
                 path = f"{outer}{message.name}"
-                owners[prefix + path] = MessageRef(module, local, path)  # noqa: B023
+                owners[prefix + path] = MessageRef(module, is_local, path)  # noqa: B023
                 add(list(message.nested_type), f"{path}.")
 
         add(list(file.message_type), "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import jinja2
@@ -10,7 +11,7 @@ import jinja2
 
 @functools.cache
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.PackageLoader("scaffold", "templates"),
         undefined=jinja2.StrictUndefined,  # a missing variable is a bug, never an empty string
         keep_trailing_newline=True,
@@ -18,7 +19,14 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    environment.filters["snake"] = snake_case
+    return environment
 
 
-def render(name: str, **context: Any) -> str:
-    return environment().get_template(name).render(**context)
+def snake_case(name: str) -> str:
+    """SayHello -> say_hello, HTTPServer -> http_server (for generated test names)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def render(template: str, **context: Any) -> str:
+    return environment().get_template(template).render(**context)

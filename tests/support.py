@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,10 +28,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def start_greeter(**settings: object) -> Greeter:
-    """A Greeter served in this process on a free loopback port (stop with .server.stop())."""
+async def start_greeter(service_class: type[Greeter] = Greeter, **settings: object) -> Greeter:
+    """A Greeter (or subclass) served in this process on a free loopback port (stop with
+    .server.stop())."""
     values = {"listen": "127.0.0.1:0", "shutdown_drain": 0, "shutdown_grace": 1, **settings}
-    service = Greeter(framework.ServerSettings(**values))
+    service = service_class(framework.ServerSettings(**values))
     await service.server.start()
     return service
 
@@ -71,13 +73,16 @@ class ServerProcess:
         }
         self.process: subprocess.Popen[str] | None = None
         self.started_at = 0.0
+        self.cwd = ROOT  # a test may run it inside another project
+        self.stdout: Any = None  # a file to write stdout to (default: inherited)
 
     def start(self) -> ServerProcess:
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, *self.command],
             env=self.env,
-            cwd=ROOT,
+            cwd=self.cwd,
+            stdout=self.stdout,
             stderr=subprocess.PIPE,
             text=True,
         )

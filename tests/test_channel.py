@@ -181,7 +181,9 @@ async def test_states_from_idle_to_shutdown(server):
 
 
 async def test_calls_take_the_hot_path_once_resolved(server):
-    async with framework.connect(f"direct:///{server.address}") as channel:
+    # The default client middleware (metrics, call log, deadline) is a chain: switched off here.
+    off = framework.ClientSettings(tracing=False, metrics=False, call_log=False, deadline=False)
+    async with framework.connect(f"direct:///{server.address}", settings=off) as channel:
         first = stub(channel).SayHello(Request(name="first"))
         assert isinstance(first, ChainedCall)  # nothing resolved yet: it waits in the chain
         await first

@@ -28,7 +28,7 @@ def test_defaults_without_any_variable():
     assert server.etcd_endpoints == ["127.0.0.1:2379"]
     client = ClientSettings.from_env()
     assert (client.balancer, client.timeout, client.discovery, client.health_check) == (
-        "round_robin", None, None, True,
+        "p2c_ewma", None, None, True,
     )  # fmt: skip
 
 
@@ -62,6 +62,9 @@ def test_server_variable_is_read(clean_environment, variable, text, field, value
     ("variable", "text", "field", "value"),
     [
         ("GZ_BALANCER", "round_robin", "balancer", "round_robin"),
+        ("GZ_BALANCER", "p2c_ewma", "balancer", "p2c_ewma"),
+        ("GZ_RETRY_MAX_ATTEMPTS", "1", "retry_max_attempts", 1),
+        ("GZ_IDEMPOTENT_METHODS", "a.B/Get, a.C/*", "idempotent_methods", ["a.B/Get", "a.C/*"]),
         ("GZ_TIMEOUT", "1.5", "timeout", 1.5),
         ("GZ_DISCOVERY", "etcd", "discovery", "etcd"),
         ("GZ_DISCOVERY", "k8s", "discovery", "k8s"),
@@ -115,6 +118,8 @@ def test_durations(clean_environment, text, seconds):
         (ServerSettings, "GZ_SHUTDOWN_GRACE", "-1s"),
         (ServerSettings, "GZ_SHUTDOWN_GRACE", "10d"),
         (ClientSettings, "GZ_TIMEOUT", "1x"),
+        (ClientSettings, "GZ_BALANCER", "least_conn"),
+        (ClientSettings, "GZ_RETRY_MAX_ATTEMPTS", "0"),
         (ServerSettings, "GZ_LISTEN", "8080"),
         (ServerSettings, "GZ_LISTEN", "localhost"),
         (ServerSettings, "GZ_LISTEN", "::1:8080"),

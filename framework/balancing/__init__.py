@@ -1,7 +1,17 @@
 """Balancing: a subchannel per endpoint, a picker over the usable ones, and BalancedChannel."""
 
 from .channel import BalancedChannel
-from .picker import PICKERS, Picker, RoundRobinPicker, picker_class
+from .p2c import P2cEwmaPicker
+from .picker import Picker, RoundRobinPicker
+from .registry import PICKERS, picker_class
 from .subchannel import Subchannel
 
-__all__ = ["PICKERS", "BalancedChannel", "Picker", "RoundRobinPicker", "Subchannel", "picker_class"]
+__all__ = [
+    "PICKERS",
+    "BalancedChannel",
+    "P2cEwmaPicker",
+    "Picker",
+    "RoundRobinPicker",
+    "Subchannel",
+    "picker_class",
+]

@@ -22,6 +22,23 @@ def rpc_error(code: grpc.StatusCode, details: str) -> AioRpcError:
     return AioRpcError(code, Metadata(), Metadata(), details=details)
 
 
+def code_of(error: BaseException | None) -> grpc.StatusCode:
+    """The status a call that ended with ``error`` (None: success) reports."""
+    if error is None:
+        return grpc.StatusCode.OK
+    if isinstance(error, AioRpcError):
+        return error.code()
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+def details_of(error: BaseException | None) -> str:
+    if isinstance(error, AioRpcError):
+        return error.details() or ""
+    return "" if error is None else f"{type(error).__name__}: {error}"
+
+
 def announce_call(ctx: CallContext, call: grpc.aio.Call | None) -> None:
     """Record the grpc call of the latest attempt (None: there will be none) for ChainedCall."""
     if call is not None:
@@ -161,20 +178,10 @@ class ChainedCall(
         return self._ctx.state.get("call")
 
     async def code(self) -> grpc.StatusCode:
-        error = await self._outcome()
-        if error is None:
-            return grpc.StatusCode.OK
-        if isinstance(error, AioRpcError):
-            return error.code()
-        if isinstance(error, asyncio.CancelledError):
-            return grpc.StatusCode.CANCELLED
-        return grpc.StatusCode.UNKNOWN
+        return code_of(await self._outcome())
 
     async def details(self) -> str:
-        error = await self._outcome()
-        if isinstance(error, AioRpcError):
-            return error.details() or ""
-        return "" if error is None else f"{type(error).__name__}: {error}"
+        return details_of(await self._outcome())
 
     async def initial_metadata(self) -> Metadata:
         # Not through wait_for_connection(): that raises for a failed call, and grpc's own

@@ -1,9 +1,11 @@
 """BalancedChannel: a grpc.aio.Channel that spreads calls over the endpoints of a target.
 
-The hot path (a picker exists and the method has no client middleware) is: pick a subchannel,
-look up its cached multicallable, call it. The grpc call object is returned as it is.
-Everything else (middleware, waiting for a first resolution, wait_for_ready, fail-fast errors)
-goes through the composed handler and a ChainedCall.
+The hot path (a picker exists and the method has no client middleware of the user's) is: pick a
+subchannel, look up its cached multicallable, call it, count the call in the subchannel's load
+(one done-callback). A unary call with retries on is returned inside an UnaryAttempts, which
+awaits the grpc call straight through and only does more when it fails; other calls are returned
+as grpc made them. Everything else (middleware, response streams with retries, waiting for a
+first resolution) goes through the composed handler and a ChainedCall.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import grpc
 
 from ..discovery import Endpoint, Resolver
 from ..middleware import CallContext, Kind, Method, Middleware, compose
+from ..middleware.chain import is_empty
+from ..middleware.retry import TRIED_PEERS, Retry, idempotent_override
+from .attempts import UnaryAttempts
 from .calls import ChainedCall, RequestQueue, announce_call, rpc_error
 from .picker import Picker
 from .pool import SubchannelPool
@@ -28,6 +33,22 @@ log = logging.getLogger("gz.balancing")
 
 # How long a removed endpoint's in-flight calls may run on before they are cancelled.
 REMOVED_ENDPOINT_GRACE = 30.0
+
+# Keepalive set explicitly (go-zero #3139): pings only while calls are active, and no more often
+# than every 5 minutes, the least interval grpc-go and grpc-core servers accept by default, so
+# no server answers them with a too_many_pings GOAWAY (gz servers accept one every 10 s).
+# Options passed to connect() win.
+KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+)
+
+
+def channel_options(options: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    """gz's defaults followed by the caller's options, a caller's key replacing gz's."""
+    given = {key for key, _ in options}
+    return tuple(o for o in KEEPALIVE_OPTIONS if o[0] not in given) + tuple(options)
 
 
 class BalancedChannel(grpc.aio.Channel):
@@ -44,6 +65,7 @@ class BalancedChannel(grpc.aio.Channel):
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = None,
         health_check: bool = True,
+        retry: Retry | None = None,
     ) -> None:
         self.target = resolver.target
         self.balancer = picker.name
@@ -51,8 +73,12 @@ class BalancedChannel(grpc.aio.Channel):
         self._resolver = resolver
         self._picker_class = picker
         self._middleware = tuple(middleware)
+        # A Retry the caller placed in the middleware keeps its place; else the channel's goes
+        # first, so that the rest of the chain runs once per attempt.
+        placed = any(isinstance(m, Retry) for m in self._middleware)
+        self.retry = None if placed else retry
         self._interceptors = list(interceptors) or None
-        self._options = tuple(options)
+        self._options = channel_options(options)
         self._credentials = credentials
         self._health_check = health_check
         self._pool: SubchannelPool | None = None
@@ -99,13 +125,16 @@ class BalancedChannel(grpc.aio.Channel):
             return None
         return self._make_channel(endpoint, with_interceptors=False)
 
-    async def pick_when_ready(self, deadline: float | None, wait_for_ready: bool) -> Subchannel:
-        """A subchannel, waiting for one if the target is not resolved yet or the call asked for
-        wait_for_ready; otherwise fail fast with UNAVAILABLE naming the target."""
+    async def pick_when_ready(
+        self, deadline: float | None, wait_for_ready: bool, tried: Sequence[str] | None = None
+    ) -> Subchannel:
+        """A subchannel (one whose address is not in ``tried`` when there is one), waiting for
+        one if the target is not resolved yet or the call asked for wait_for_ready; otherwise
+        fail fast with UNAVAILABLE naming the target."""
         pool = self._start()
         while True:
             if pool.picker is not None:
-                return pool.picker.pick()
+                return pool.picker.pick_other(tried) if tried else pool.picker.pick()
             if self._closed:
                 raise rpc_error(grpc.StatusCode.CANCELLED, f"the channel to {self.target} closed")
             if not wait_for_ready and (pool.resolved or pool.last_error):
@@ -196,29 +225,39 @@ class _MultiCallable:
         "_direct",
         "_factory",
         "_handler",
-        "_method",
         "_registered",
         "_serializer",
+        "_unary",
+        "idempotent",
+        "method",
+        "retry",
     )  # fmt: skip
 
     def __init__(self, channel: BalancedChannel, method: str | bytes, kind: Kind,
                  serializer: Any, deserializer: Any, registered: bool) -> None:  # fmt: skip
         name = method.decode() if isinstance(method, bytes) else method
         self._channel = channel
-        self._method = Method(name, kind, "client")
+        self.method = Method(name, kind, "client")
         self._factory = kind.name.lower()  # the grpc.aio.Channel method making this kind
         self._serializer, self._deserializer, self._registered = (
             serializer,
             deserializer,
             registered,
         )
-        endpoint = self._stream_endpoint if kind.response_streaming else self._unary_endpoint
-        self._handler = compose(channel._middleware, self._method, endpoint)
-        self._direct = self._handler == endpoint  # no middleware: calls may take the hot path
+        self._unary = kind is Kind.UNARY_UNARY  # only these feed the latency average
+        endpoint = self._stream_endpoint if kind.response_streaming else self.unary_endpoint
+        retry = channel.retry if channel.retry and channel.retry.applies_to(self.method) else None
+        chain = channel._middleware if retry is None else (retry, *channel._middleware)
+        self._handler = compose(chain, self.method, endpoint)
+        # The hot path: no middleware of the user's, and a retry (if any) that UnaryAttempts
+        # can do; a response stream with retries goes through the chain.
+        self._direct = is_empty(channel._middleware, self.method) and (retry is None or self._unary)
+        self.retry = retry if self._direct else None
+        self.idempotent = retry is not None and retry.policy.is_idempotent(self.method)
 
     def _bind(self, subchannel: Subchannel) -> Any:
         callable_ = getattr(subchannel.channel, self._factory)(
-            self._method.full_name, self._serializer, self._deserializer,
+            self.method.full_name, self._serializer, self._deserializer,
             _registered_method=self._registered,
         )  # fmt: skip
         subchannel.callables[self] = callable_
@@ -234,8 +273,17 @@ class _MultiCallable:
         if self._direct and pool is not None and pool.picker is not None:
             subchannel = pool.picker.pick()
             callable_ = subchannel.callables.get(self) or self._bind(subchannel)
-            return callable_(request, timeout=timeout, metadata=metadata, credentials=credentials,
+            call = callable_(request, timeout=timeout, metadata=metadata, credentials=credentials,
                              wait_for_ready=wait_for_ready, compression=compression)  # fmt: skip
+            now = subchannel.track(call, self._unary)
+            if self.retry is None:
+                return call
+            self.retry.budget.record_call(now)
+            return UnaryAttempts(
+                self, call, subchannel.endpoint.address, request,
+                None if timeout is None else now + timeout,
+                (metadata, credentials, wait_for_ready, compression), idempotent_override(),
+            )  # fmt: skip
         return self._chained(request, timeout, metadata, credentials, wait_for_ready, compression)
 
     def _chained(self, request: Any, timeout: float | None, metadata: Any,
@@ -245,18 +293,18 @@ class _MultiCallable:
         deadline = None if timeout is None else time.monotonic() + timeout
         options = {"credentials": credentials, "wait_for_ready": wait_for_ready,
                    "compression": compression}  # fmt: skip
-        ctx = CallContext(self._method, list(metadata or ()), deadline, options=options)
+        ctx = CallContext(self.method, list(metadata or ()), deadline, options=options)
         requests = None
-        if self._method.kind.request_streaming and request is None:
+        if self.method.kind.request_streaming and request is None:
             request = requests = RequestQueue()
-        if self._method.kind.response_streaming:
+        if self.method.kind.response_streaming:
             return ChainedCall(ctx, responses=self._handler(ctx, request), requests=requests)
         return ChainedCall(ctx, run=lambda: self._handler(ctx, request), requests=requests)
 
     async def _start_call(self, ctx: CallContext, request: Any) -> Any:
         try:
             subchannel = await self._channel.pick_when_ready(
-                ctx.deadline, bool(ctx.options.get("wait_for_ready"))
+                ctx.deadline, bool(ctx.options.get("wait_for_ready")), ctx.state.get(TRIED_PEERS)
             )
         except BaseException:
             announce_call(ctx, None)
@@ -265,10 +313,11 @@ class _MultiCallable:
         ctx.peer = subchannel.endpoint.address
         timeout = None if ctx.deadline is None else max(0.0, ctx.deadline - time.monotonic())
         call = callable_(request, timeout=timeout, metadata=ctx.metadata or None, **ctx.options)
+        subchannel.track(call, self._unary)
         announce_call(ctx, call)
         return call
 
-    async def _unary_endpoint(self, ctx: CallContext, request: Any) -> Any:
+    async def unary_endpoint(self, ctx: CallContext, request: Any) -> Any:
         return await (await self._start_call(ctx, request))
 
     async def _stream_endpoint(self, ctx: CallContext, request: Any) -> AsyncIterator[Any]:

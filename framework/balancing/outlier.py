@@ -42,6 +42,8 @@ class Outcomes:
 
     def record(self, code: grpc.StatusCode, now: float) -> bool:
         """Count one finished call; True when the endpoint should now be ejected."""
+        if code is grpc.StatusCode.CANCELLED:
+            return False  # the caller gave up: nothing learnt about the endpoint
         if now - self._window_start > WINDOW:
             self._window_start, self._calls, self._failures = now, 0, 0
         self._calls += 1

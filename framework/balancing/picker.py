@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from .subchannel import Subchannel
 
@@ -14,34 +14,35 @@ from .subchannel import Subchannel
 class Picker(ABC):
     name: str  # what connect(balancer=...) and GZ_BALANCER call it
 
+    def __init__(self, subchannels: Sequence[Subchannel]) -> None:
+        self.subchannels = tuple(subchannels)
+
     @abstractmethod
     def pick(self) -> Subchannel:
         """A subchannel for the next call; the pool only builds pickers over non-empty lists."""
+
+    def pick_other(self, peers: Collection[str]) -> Subchannel:
+        """A subchannel whose address is not in ``peers`` (those a call already tried), chosen
+        by this picker's own rule; any subchannel if every one was tried. Used for retries."""
+        for _ in range(2):  # cheap first: the usual pick is often another endpoint already
+            subchannel = self.pick()
+            if subchannel.endpoint.address not in peers:
+                return subchannel
+        others = [s for s in self.subchannels if s.endpoint.address not in peers]
+        return type(self)(others).pick() if others else self.pick()
 
 
 class RoundRobinPicker(Picker):
     """Each usable subchannel in turn, from a random start so that clients do not all begin on
     the same endpoint."""
 
-    __slots__ = ("_next",)
     name = "round_robin"
 
     def __init__(self, subchannels: Sequence[Subchannel]) -> None:
-        start = random.randrange(len(subchannels))
-        ordered = list(subchannels[start:]) + list(subchannels[:start])
+        super().__init__(subchannels)
+        start = random.randrange(len(self.subchannels))
+        ordered = self.subchannels[start:] + self.subchannels[:start]
         self._next = itertools.cycle(ordered).__next__
 
     def pick(self) -> Subchannel:
         return self._next()
-
-
-PICKERS: dict[str, type[Picker]] = {p.name: p for p in (RoundRobinPicker,)}
-
-
-def picker_class(name: str) -> type[Picker]:
-    try:
-        return PICKERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown balancer {name!r}; expected one of {', '.join(sorted(PICKERS))}"
-        ) from None

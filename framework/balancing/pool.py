@@ -1,9 +1,12 @@
-"""The subchannel pool: one subchannel per resolved endpoint, changed only by difference."""
+"""The subchannel pool: one subchannel per resolved endpoint, changed only by difference, and
+outlier ejection: an endpoint whose calls keep failing is left out of the picker for a while
+(see outlier.py), never more than half of them at once."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
@@ -15,8 +18,8 @@ from .subchannel import State, Subchannel
 log = logging.getLogger("gz.balancing")
 
 # Preferred first: READY subchannels; while none is, those still coming up (the call then waits
-# for the connection as a plain grpc channel would). Subchannels in TRANSIENT_FAILURE, or whose
-# server says NOT_SERVING, are never picked.
+# for the connection as a plain grpc channel would). Subchannels in TRANSIENT_FAILURE, whose
+# server says NOT_SERVING, or that are ejected, are never picked.
 _TIERS = ((State.READY,), (State.IDLE, State.CONNECTING))
 
 
@@ -47,6 +50,7 @@ class SubchannelPool:
         self._make_health_channel = make_health_channel
         self._changed = asyncio.get_running_loop().create_future()
         self._closing: set[asyncio.Task[None]] = set()
+        self._readmissions: dict[Endpoint, asyncio.TimerHandle] = {}
 
     # -- Listener -----------------------------------------------------------------------------
     def update(self, endpoints: frozenset[Endpoint]) -> None:
@@ -55,7 +59,8 @@ class SubchannelPool:
         for endpoint in removed:
             self._retire(self.subchannels.pop(endpoint))
         for endpoint in sorted(added):
-            subchannel = Subchannel(endpoint, self._make_channel(endpoint), self._changed_state)
+            channel = self._make_channel(endpoint)
+            subchannel = Subchannel(endpoint, channel, self._changed_state, self._eject)
             self.subchannels[endpoint] = subchannel
             health_channel = self._make_health_channel(endpoint) if self._health_check else None
             subchannel.start(self._health_check, health_channel)
@@ -80,8 +85,13 @@ class SubchannelPool:
 
     def _rebuild(self) -> None:
         self.picker = None
-        for tier in _TIERS:
-            usable = [s for s in self.subchannels.values() if s.state in tier and s.serving]
+        # Ejection is advice: if only ejected endpoints can take calls, they get them.
+        for skip_ejected, tier in [(True, t) for t in _TIERS] + [(False, _TIERS[0])]:
+            usable = [
+                s
+                for s in self.subchannels.values()
+                if s.state in tier and s.serving and not (skip_ejected and s.outcomes.is_ejected())
+            ]
             if usable:
                 self.picker = self._picker_class(usable)
                 break
@@ -116,14 +126,50 @@ class SubchannelPool:
             return f"{self.target}: every endpoint says NOT_SERVING ({endpoints})"
         return f"{self.target}: every endpoint is failing to connect ({endpoints})"
 
+    # -- outlier ejection ---------------------------------------------------------------------
+    def _eject(self, subchannel: Subchannel) -> None:
+        """Leave a failing endpoint out of the picker for a while, unless that would leave out
+        more than half of the endpoints (then the failures are more likely the callers')."""
+        if subchannel.outcomes.is_ejected() or self.subchannels.get(subchannel.endpoint) is not (
+            subchannel
+        ):
+            return
+        ejected = sum(s.outcomes.is_ejected() for s in self.subchannels.values())
+        if ejected + 1 > len(self.subchannels) // 2:
+            log.debug("%s: not ejecting %s: half the endpoints are out", self.target, subchannel)
+            return
+        duration = subchannel.outcomes.eject(time.monotonic())
+        log.warning(
+            "%s: ejecting %s for %.0fs: its calls keep failing",
+            self.target, subchannel.endpoint, duration,
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        self._readmissions[subchannel.endpoint] = loop.call_later(
+            duration, self._readmit, subchannel
+        )
+        self._rebuild()
+
+    def _readmit(self, subchannel: Subchannel) -> None:
+        """Back on probation: its first call decides whether it stays."""
+        self._readmissions.pop(subchannel.endpoint, None)
+        subchannel.outcomes.readmit(time.monotonic())
+        log.info("%s: %s is back, on probation", self.target, subchannel.endpoint)
+        self._rebuild()
+
     # -- shutdown -----------------------------------------------------------------------------
     def _retire(self, subchannel: Subchannel) -> None:
         """Close in the background once its in-flight calls finish (bounded by close_grace)."""
+        readmission = self._readmissions.pop(subchannel.endpoint, None)
+        if readmission is not None:
+            readmission.cancel()
         task = asyncio.get_running_loop().create_task(subchannel.close(self._close_grace))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def close(self, grace: float | None) -> None:
+        for readmission in self._readmissions.values():
+            readmission.cancel()
+        self._readmissions.clear()
         subchannels, self.subchannels, self.picker = list(self.subchannels.values()), {}, None
         await asyncio.gather(*(s.close(grace) for s in subchannels), *self._closing)
         self._notify()

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..discovery import Endpoint
+from .load import Load, finished_code
+from .outlier import Outcomes
 
 log = logging.getLogger("gz.balancing")
 
@@ -19,9 +24,11 @@ State = grpc.ChannelConnectivity
 ChangeListener = Callable[["Subchannel", bool], None]
 """Called with (subchannel, failed) after any change; failed: the connection was lost, could not
 be made, or the server stopped serving."""
+OutlierListener = Callable[["Subchannel"], None]
+"""Called when a subchannel's recent calls say it should be ejected."""
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
-_HEALTH_RETRY = 1.0  # seconds between Watch attempts while connected but the stream keeps failing
+_HEALTH_RETRY = 1.0  # seconds between health calls after a Watch ends, and while NOT_SERVING
 
 
 class Subchannel:
@@ -34,21 +41,47 @@ class Subchannel:
     """
 
     __slots__ = (
-        "_health_channel", "_on_change", "_tasks", "callables", "channel", "endpoint", "serving",
-        "state",
+        "_health_channel", "_on_change", "_on_outlier", "_tasks", "callables", "channel",
+        "endpoint", "load", "outcomes", "serving", "state",
     )  # fmt: skip
 
     def __init__(
-        self, endpoint: Endpoint, channel: grpc.aio.Channel, on_change: ChangeListener
+        self,
+        endpoint: Endpoint,
+        channel: grpc.aio.Channel,
+        on_change: ChangeListener,
+        on_outlier: OutlierListener = lambda _: None,
     ) -> None:
         self.endpoint = endpoint
         self.channel = channel
         self.state = State.IDLE
         self.serving = True  # until the health service says otherwise
         self.callables: dict[object, object] = {}
+        self.load = Load(time.monotonic())
+        self.outcomes = Outcomes()
         self._on_change = on_change
+        self._on_outlier = on_outlier
         self._tasks: list[asyncio.Task[None]] = []
         self._health_channel: grpc.aio.Channel | None = None
+
+    def track(self, call: Any, unary: bool) -> float:
+        """Count ``call`` in flight until it ends, then learn from its latency (``unary``
+        calls only) and status. Returns the time it started (time.monotonic())."""
+        now = time.monotonic()
+        load = self.load
+        load.inflight += 1
+        load.last_pick = now
+        call.add_done_callback(functools.partial(self._finished, now, unary))
+        return now
+
+    def _finished(self, started_at: float, unary: bool, call: Any) -> None:
+        now = time.monotonic()
+        self.load.inflight -= 1
+        code = finished_code(call)
+        if unary and code is not grpc.StatusCode.CANCELLED:
+            self.load.finished(started_at, now)
+        if code is not None and self.outcomes.record(code, now):
+            self._on_outlier(self)
 
     def start(self, health_check: bool, health_channel: grpc.aio.Channel | None = None) -> None:
         """Watch the connection, and with health_check the server's health: over health_channel
@@ -77,16 +110,33 @@ class Subchannel:
         request = health_pb2.HealthCheckRequest(service="")
         while True:
             try:
-                async for reply in stub.Watch(request, wait_for_ready=True):
+                if self.serving:
+                    await self._watch_until_not_serving(stub, request)
+                else:
+                    # A draining server waits for open streams before it exits, so while it
+                    # says NOT_SERVING it is asked with short Check calls instead of a Watch.
+                    reply = await stub.Check(request, timeout=_HEALTH_RETRY, wait_for_ready=True)
                     self._set_serving(reply.status == _SERVING)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     log.info("%s has no health service; taking it as serving", self.endpoint)
                     self._set_serving(True)
                     return
-            # The stream ended with its connection. Keep the last status: a draining server
-            # must not look serving again before a new stream says so.
+            # The stream ended with its connection, or the server is not serving. Keep the
+            # last status: a draining server must not look serving again before it says so.
             await asyncio.sleep(_HEALTH_RETRY)
+
+    async def _watch_until_not_serving(
+        self, stub: health_pb2_grpc.HealthStub, request: health_pb2.HealthCheckRequest
+    ) -> None:
+        call = stub.Watch(request, wait_for_ready=True)
+        try:
+            async for reply in call:
+                self._set_serving(reply.status == _SERVING)
+                if not self.serving:
+                    return
+        finally:
+            call.cancel()
 
     def _set_serving(self, serving: bool) -> None:
         if serving != self.serving:
@@ -108,4 +158,5 @@ class Subchannel:
 
     def __repr__(self) -> str:
         serving = "" if self.serving else " NOT_SERVING"
-        return f"<Subchannel {self.endpoint} {self.state.name}{serving}>"
+        ejected = " EJECTED" if self.outcomes.is_ejected() else ""
+        return f"<Subchannel {self.endpoint} {self.state.name}{serving}{ejected}>"

@@ -54,24 +54,46 @@ class CallContext:
     be sent and may be changed; on the server they are what arrived, and ``servicer_context`` is
     grpc's own context."""
 
-    __slots__ = ("deadline", "metadata", "method", "options", "peer", "servicer_context", "state")
+    __slots__ = ("_metadata", "_peer", "deadline", "method", "options", "servicer_context", "state")
 
     def __init__(
         self,
         method: Method,
-        metadata: list[tuple[str, str | bytes]],
+        metadata: list[tuple[str, str | bytes]] | None,
         deadline: float | None = None,
         peer: str | None = None,
         servicer_context: grpc.aio.ServicerContext | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
         self.method = method
-        self.metadata = metadata
+        self._metadata = metadata  # None on the server: read from grpc when first asked for
         self.deadline = deadline  # time.monotonic() when the call must be done, or None
-        self.peer = peer  # server: the caller; client: the endpoint of the latest attempt
+        self._peer = peer
         self.servicer_context = servicer_context
         self.options = options if options is not None else {}
         self.state: dict[str, Any] = {}  # free for middleware to share values per call
+
+    @property
+    def metadata(self) -> list[tuple[str, str | bytes]]:
+        if self._metadata is None:
+            context = self.servicer_context
+            self._metadata = list(context.invocation_metadata() or ()) if context else []
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, metadata: list[tuple[str, str | bytes]]) -> None:
+        self._metadata = metadata
+
+    @property
+    def peer(self) -> str | None:
+        """Server: the caller; client: the endpoint of the latest attempt."""
+        if self._peer is None and self.servicer_context is not None:
+            self._peer = self.servicer_context.peer()
+        return self._peer
+
+    @peer.setter
+    def peer(self, peer: str | None) -> None:
+        self._peer = peer
 
 
 UnaryHandler = Callable[[CallContext, Any], Awaitable[Any]]
@@ -85,6 +107,12 @@ class Middleware:
     def applies_to(self, method: Method) -> bool:
         """False leaves this middleware out of the method's chain entirely."""
         return True
+
+    def for_method(self, method: Method) -> Middleware | None:
+        """The middleware to put in ``method``'s chain: ``self`` by default, None for none.
+        Override to prepare per-method work once (metric label values, span names) instead of
+        on every call."""
+        return self if self.applies_to(method) else None
 
     async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
         return await call_next(ctx, request)
@@ -103,8 +131,9 @@ def compose(
     base = getattr(Middleware, hook)
     handler = endpoint
     for item in reversed(middleware):
-        if item.applies_to(method) and getattr(type(item), hook) is not base:
-            handler = functools.partial(getattr(item, hook), call_next=handler)
+        bound = item.for_method(method)
+        if bound is not None and getattr(type(bound), hook) is not base:
+            handler = functools.partial(getattr(bound, hook), call_next=handler)
     return handler
 
 

@@ -8,6 +8,8 @@ in the servicer method, which may be ``async def``, an async generator, or plain
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -50,13 +52,8 @@ def wrap_method_handler(
 
 def _context(method: Method, context: grpc.aio.ServicerContext) -> CallContext:
     remaining = context.time_remaining()
-    return CallContext(
-        method,
-        list(context.invocation_metadata() or ()),
-        None if remaining is None else time.monotonic() + remaining,
-        peer=context.peer(),
-        servicer_context=context,
-    )
+    deadline = None if remaining is None else time.monotonic() + remaining
+    return CallContext(method, None, deadline, servicer_context=context)
 
 
 def _unary_behavior(method: Method, chain: UnaryHandler) -> Callable[..., Any]:
@@ -76,6 +73,12 @@ def _stream_behavior(method: Method, chain: StreamHandler) -> Callable[..., Any]
 
 def _endpoint(behavior: Callable[..., Any], kind: Kind, executor: Executor) -> Any:
     """The last handler of the chain: calls the servicer method however it is written."""
+    if inspect.iscoroutinefunction(behavior) and not kind.response_streaming:
+
+        async def coroutine_endpoint(ctx: CallContext, request: Any) -> Any:
+            return await behavior(request, ctx.servicer_context)  # the common case, kept short
+
+        return coroutine_endpoint
     if kind.response_streaming:
 
         async def stream_endpoint(ctx: CallContext, request: Any) -> AsyncIterator[Any]:
@@ -112,7 +115,9 @@ async def _invoke(
 
 
 async def _in_thread(executor: Executor, function: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+    # In a copy of the call's context, so the handler sees the inherited deadline and span.
+    run = functools.partial(contextvars.copy_context().run, function, *args)
+    return await asyncio.get_running_loop().run_in_executor(executor, run)
 
 
 def _blocking_iterator(

@@ -197,6 +197,10 @@ class EtcdConnection:
                 generation = await self._ready()
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     return await call()
+            except asyncio.CancelledError:
+                if not _channel_closed_under_us():
+                    raise
+                problems.append(f"{self.endpoint}: the channel was replaced during the call")
             except _CALL_ERRORS as error:
                 kind = _classify(error)
                 if kind == "refused" or (kind == "token" and logged_in_again):
@@ -238,7 +242,7 @@ class EtcdConnection:
         stream = self.watch_stub.Watch(_hold_open(WatchRequest(create_request=create)),
                                        metadata=self.metadata())  # fmt: skip
         try:
-            async for response in stream:
+            async for response in _closed_channel_is_unavailable(stream):
                 if response.compact_revision:
                     raise Compacted(f"revision {start_revision} is compacted")
                 if response.canceled:
@@ -262,6 +266,28 @@ class EtcdConnection:
         if self._channel is not None:
             channel, self._channel = self._channel, None
             await channel.close()
+
+
+def _channel_closed_under_us() -> bool:
+    """True for a CancelledError that grpc raised because another caller's fail-over closed
+    the shared channel, rather than because this task itself is being cancelled."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
+
+
+async def _closed_channel_is_unavailable(stream: AsyncIterator[T]) -> AsyncIterator[T]:
+    try:
+        async for item in stream:
+            yield item
+    except asyncio.CancelledError:
+        if not _channel_closed_under_us():
+            raise
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details="the channel was replaced during the watch",
+        ) from None
 
 
 async def _hold_open(request: WatchRequest) -> AsyncIterator[WatchRequest]:

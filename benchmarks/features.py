@@ -1,0 +1,58 @@
+"""What the framework offers right now. The benchmarks run before and after the balancing and
+middleware work lands; a part that is not there yet is reported as "not available", not a crash."""
+
+from __future__ import annotations
+
+import grpc
+
+import framework
+
+from .harness import unary
+
+# Client settings that switch the default middleware off, each used only if the framework has it.
+MIDDLEWARE_OFF = {"tracing": False, "metrics": False, "call_log": False, "deadline": False,
+                  "retry": False, "retry_max_attempts": 1}  # fmt: skip
+
+
+def client_settings(**wanted: object) -> framework.ClientSettings | None:
+    """Client settings from the environment with ``wanted`` on top of it; None when the
+    framework has none of the wanted fields (the feature is not there yet)."""
+    fields = framework.ClientSettings.model_fields
+    known = {name: value for name, value in wanted.items() if name in fields}
+    return framework.ClientSettings.from_env(**known) if known or not wanted else None
+
+
+def settings_without_middleware() -> framework.ClientSettings:
+    """Client settings with every default middleware the framework knows switched off."""
+    return client_settings(**MIDDLEWARE_OFF) or framework.ClientSettings.from_env()
+
+
+def balancer_missing(name: str) -> str | None:
+    """None when ``connect(balancer=name)`` works, else why it does not."""
+    try:
+        framework.connect("direct:///127.0.0.1:1", balancer=name)
+    except ValueError as error:
+        return f"{name}: not available ({error})"
+    return None
+
+
+async def takes_hot_path(channel: grpc.aio.Channel) -> bool:
+    """True when a unary call returns grpc's own call object: no gz middleware ran. The
+    observable difference between connect() with and without a middleware chain. The first call
+    waits for resolution through the chain anyway, so the second one tells."""
+    make_call = unary(channel)
+    await make_call()
+    call = make_call()
+    await call
+    return type(call).__module__.startswith("grpc")
+
+
+class PassThrough(framework.Middleware):
+    """A middleware that does nothing but override both hooks: the cost of the chain itself."""
+
+    async def unary(self, ctx, request, call_next):
+        return await call_next(ctx, request)
+
+    async def stream(self, ctx, request, call_next):
+        async for response in call_next(ctx, request):
+            yield response

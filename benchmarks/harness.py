@@ -1,0 +1,249 @@
+"""What every scenario shares: server processes (started on loopback, stopped by pid), load
+rounds that alternate between the things compared, and the statistics of a round.
+
+The server helpers of tests/support.py are used as they are: a raw server reads GZ_LISTEN like a
+gz server does, so ServerProcess starts and health-checks both kinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from examples.greeter import greeter_pb2, greeter_pb2_grpc
+from tests.support import ServerProcess, free_port
+
+REQUEST = greeter_pb2.HelloRequest(name="bench")
+STREAM_REQUEST = greeter_pb2.HelloRequest(name="bench", count=10)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Servers log only warnings: a full stderr pipe (ServerProcess reads it only at exit) would block.
+QUIET = {"GZ_LOG_LEVEL": "WARNING", "GZ_SHUTDOWN_DRAIN": "0", "GZ_SHUTDOWN_GRACE": "1"}
+
+
+# -- processes ---------------------------------------------------------------------------------
+class Children:
+    """Every process a scenario starts; all are killed by pid when the block ends."""
+
+    def __init__(self) -> None:
+        self._stops: list[Callable[[], None]] = []
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for stop in reversed(self._stops):
+            with contextlib.suppress(Exception):
+                stop()
+
+    def server(self, kind: str, listen: str | None = None, **env: str) -> ServerProcess:
+        """A started ``raw`` (benchmarks.raw_server) or ``gz`` (the greeter example) server on
+        ``listen`` (default 127.0.0.1 and a free port)."""
+        command = ("-m", "benchmarks.raw_server") if kind == "raw" else ()
+        listen = listen or f"127.0.0.1:{free_port()}"
+        process = ServerProcess(*command, **QUIET, **env, GZ_LISTEN=listen)
+        process.address = listen.split(",")[0]  # ServerProcess would name its own free port
+        self._stops.append(process.kill)
+        return process.start()
+
+    def add(self, stop: Callable[[], None]) -> None:
+        self._stops.append(stop)
+
+
+async def serving(*servers: ServerProcess) -> list[str]:
+    """Wait until every server says SERVING; their addresses."""
+    await asyncio.gather(*(server.wait_serving() for server in servers))
+    return [server.address for server in servers]
+
+
+def port_free_on(hosts: list[str]) -> int:
+    """A port free on every one of ``hosts`` (replicas behind one DNS name share a port)."""
+    for _ in range(50):
+        port = free_port()
+        with contextlib.ExitStack() as probes:
+            try:
+                for host in hosts:
+                    probe = probes.enter_context(socket.socket())
+                    probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+# -- calls -------------------------------------------------------------------------------------
+Call = Callable[[], Awaitable[Any]]
+
+
+def unary(channel: grpc.aio.Channel) -> Call:
+    say_hello = greeter_pb2_grpc.GreeterStub(channel).SayHello
+    return lambda: say_hello(REQUEST)
+
+
+def server_stream(channel: grpc.aio.Channel) -> Call:
+    """One LotsOfReplies call of 10 messages, read to the end."""
+    lots_of_replies = greeter_pb2_grpc.GreeterStub(channel).LotsOfReplies
+
+    async def call() -> None:
+        async for _reply in lots_of_replies(STREAM_REQUEST):
+            pass
+
+    return call
+
+
+# name -> (how to make a call on a channel, calls per round relative to unary)
+SHAPES: dict[str, tuple[Callable[[grpc.aio.Channel], Call], float]] = {
+    "unary": (unary, 1.0),
+    "stream x10": (server_stream, 0.25),
+}
+CONCURRENCY = (1, 64)
+
+
+# -- rounds ------------------------------------------------------------------------------------
+@dataclass
+class Variant:
+    """One of the things compared: how to make a call, and optionally another process whose CPU
+    is charged to it (the server under test, or a proxy)."""
+
+    name: str
+    call: Call
+    other_pid: int | None = None
+
+
+@dataclass
+class Samples:
+    rates: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    client_cpu: float = 0.0
+    other_cpu: float = 0.0
+
+    def summary(self, other: str = "") -> dict[str, float]:
+        ordered = sorted(self.latencies)
+        per_1k = 1000 / len(ordered)
+        row = {
+            "rps": statistics.median(self.rates),
+            "p50_ms": ordered[len(ordered) // 2] * 1000,
+            "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+            "cpu_s_per_1k": self.client_cpu * per_1k,
+        }
+        if other:
+            row[f"{other}_cpu_s_per_1k"] = self.other_cpu * per_1k
+        return row
+
+
+async def load_round(call: Call, calls: int, concurrency: int, samples: Samples) -> None:
+    """``calls`` calls from ``concurrency`` workers; adds the rate and latencies to samples."""
+    per_worker = max(1, calls // concurrency)
+    latencies = samples.latencies
+
+    async def worker() -> None:
+        for _ in range(per_worker):
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    samples.rates.append(per_worker * concurrency / (time.perf_counter() - started))
+
+
+async def alternate(
+    variants: list[Variant], *, rounds: int, calls: int, concurrency: int
+) -> dict[str, Samples]:
+    """Rounds of every variant, the order rotated each round so that drift in the machine's load
+    hits all of them alike."""
+    samples = {v.name: Samples() for v in variants}
+    for variant in variants:  # warm up connections and code paths, not measured
+        await load_round(variant.call, min(calls, 200), min(concurrency, 8), Samples())
+    for index in range(rounds):
+        shift = index % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            into = samples[variant.name]
+            other_before = process_cpu(variant.other_pid) if variant.other_pid else 0.0
+            cpu_before = time.process_time()
+            await load_round(variant.call, calls, concurrency, into)
+            into.client_cpu += time.process_time() - cpu_before
+            if variant.other_pid:
+                into.other_cpu += process_cpu(variant.other_pid) - other_before
+    return samples
+
+
+def ratio_rows(
+    samples: dict[str, Samples], baseline: str, label: dict[str, Any], other: str = ""
+) -> list[dict[str, Any]]:
+    """One row per variant with its figures and its ratios to ``baseline``."""
+    base = samples[baseline].summary(other)
+    rows = []
+    for name, sample in samples.items():
+        figures = sample.summary(other)
+        rows.append({
+            **label,
+            "variant": name,
+            **figures,
+            "rps_ratio": figures["rps"] / base["rps"],
+            "p50_ratio": figures["p50_ms"] / base["p50_ms"],
+            "p99_ratio": figures["p99_ms"] / base["p99_ms"],
+        })  # fmt: skip
+    return rows
+
+
+async def matrix(
+    targets: dict[str, tuple[grpc.aio.Channel, int | None]],
+    baseline: str,
+    quick: bool,
+    other: str = "",
+) -> list[dict[str, Any]]:
+    """Every call shape at every concurrency, the targets (name -> channel and the pid of a
+    process whose CPU is charged to it) alternating; ratio rows against ``baseline``."""
+    rows = []
+    for shape, (make_call, weight) in SHAPES.items():
+        for concurrency in CONCURRENCY:
+            # Many short rounds: the median of rounds shrugs off a burst of other work.
+            calls = int((700 if concurrency == 1 else 2000) * weight / (7 if quick else 1))
+            variants = [Variant(name, make_call(ch), pid) for name, (ch, pid) in targets.items()]
+            samples = await alternate(
+                variants, rounds=2 if quick else 6, calls=calls, concurrency=concurrency
+            )
+            rows += ratio_rows(samples, baseline, {"shape": shape, "conc": concurrency}, other)
+    return rows
+
+
+def unary_figures(rows: list[dict[str, Any]], variant: str, key: str) -> list[float]:
+    return [r[key] for r in rows if r["variant"] == variant and r["shape"] == "unary"]
+
+
+def goal(rows: list[dict[str, Any]], variant: str, key: str, limit: float, at_least: bool) -> str:
+    """One line saying whether ``variant`` met ``key`` >= (or <=) ``limit`` on unary calls at
+    every concurrency, and, when the run has an A/A control, how far that one strayed."""
+    found = unary_figures(rows, variant, key)
+    met = all(value >= limit if at_least else value <= limit for value in found)
+    line = (f"goal {variant} unary {key} {'>=' if at_least else '<='} {limit}: "
+            f"{' / '.join(f'{v:.3f}' for v in found)} (conc {' / '.join(map(str, CONCURRENCY))}): "
+            f"{'met' if met else 'NOT met'}")  # fmt: skip
+    control = unary_figures(rows, "raw A/A", key)
+    if control:
+        line += f"; A/A control {' / '.join(f'{v:.3f}' for v in control)}"
+    return line

@@ -1,0 +1,195 @@
+"""What gz's default middleware costs per unary call, on each side, against raw grpc.aio.
+
+Client side: one raw grpc.aio server process; in this process a raw channel, connect() with the
+default middleware, and connect() with every default switched off, in alternating rounds.
+Server side: a raw client in this process against three server processes (raw grpc.aio, a gz
+Service with its default middleware, and one with the defaults off); the CPU each server process
+spends per call is read from /proc, so the figure holds on a busy machine.
+
+    python -m benchmarks.middleware_overhead [--rounds 6] [--calls 3000] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from pathlib import Path
+
+import grpc
+
+import framework
+from examples.greeter import greeter_pb2, greeter_pb2_grpc
+from tests.support import ServerProcess
+
+DEFAULTS_OFF = {"tracing": False, "metrics": False, "call_log": False, "deadline": False}
+SERVER_DEFAULTS_OFF = {f"GZ_{key.upper()}": "false" for key in (*DEFAULTS_OFF, "recovery")}
+
+
+REQUEST = greeter_pb2.HelloRequest(name="bench")
+
+
+async def unary_round(stub: greeter_pb2_grpc.GreeterStub, calls: int, concurrency: int) -> float:
+    """Calls per second of ``calls`` unary calls made by ``concurrency`` workers."""
+    per_worker = calls // concurrency
+
+    async def worker() -> None:
+        for _ in range(per_worker):
+            await stub.SayHello(REQUEST)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return per_worker * concurrency / (time.perf_counter() - started)
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def alternate(stubs: dict, rounds: int, calls: int, concurrency: int, pids=None) -> dict:
+    """Per stub: median calls/s, and the median over rounds of its CPU per call divided by raw's
+    in the same round (this process's CPU, or each stub's server process when ``pids`` is given).
+    Rounds rotate the order, so a noisy neighbour hits every stub alike."""
+    rates: dict[str, list[float]] = {name: [] for name in stubs}
+    cpu: dict[str, list[float]] = {name: [] for name in stubs}
+    names = list(stubs)
+    for index in range(rounds):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            clock = (lambda n=name: process_cpu(pids[n])) if pids else time.process_time
+            before = clock()
+            rates[name].append(await unary_round(stubs[name], calls, concurrency))
+            cpu[name].append((clock() - before) / (calls // concurrency * concurrency))
+    return {
+        name: (
+            statistics.median(rates[name]),
+            statistics.median(cpu[name]) * 1e6,
+            statistics.median(c / raw for c, raw in zip(cpu[name], cpu["raw"], strict=True)),
+        )
+        for name in stubs
+    }
+
+
+async def client_side(rounds: int, calls: int, concurrency: int) -> dict:
+    server = ServerProcess("-m", "benchmarks.raw_server").start()
+    try:
+        await server.wait_serving()
+        channels = {
+            "raw": grpc.aio.insecure_channel(server.address),
+            "gz defaults": framework.connect(f"direct:///{server.address}"),
+            "gz defaults off": framework.connect(
+                f"direct:///{server.address}", settings=framework.ClientSettings(**DEFAULTS_OFF)
+            ),
+        }
+        return await measure(channels, rounds, calls, concurrency)
+    finally:
+        server.kill()
+
+
+async def measure(channels: dict, rounds: int, calls: int, concurrency: int, pids=None) -> dict:
+    stubs = {name: greeter_pb2_grpc.GreeterStub(channel) for name, channel in channels.items()}
+    for stub in stubs.values():  # warm up connections and code paths
+        await unary_round(stub, 500, 8)
+    try:
+        return await alternate(stubs, rounds, calls, concurrency, pids)
+    finally:
+        for channel in channels.values():
+            await channel.close()
+
+
+async def server_side(rounds: int, calls: int, concurrency: int) -> dict:
+    servers = {
+        "raw": ServerProcess("-m", "benchmarks.raw_server"),
+        "gz defaults": ServerProcess(GZ_LOG_LEVEL="WARNING"),
+        "gz defaults off": ServerProcess(GZ_LOG_LEVEL="WARNING", **SERVER_DEFAULTS_OFF),
+    }
+    try:
+        for server in servers.values():
+            server.start()
+            await server.wait_serving()
+        channels = {name: grpc.aio.insecure_channel(s.address) for name, s in servers.items()}
+        pids = {name: server.process.pid for name, server in servers.items()}
+        return await measure(channels, rounds, calls, concurrency, pids)
+    finally:
+        for server in servers.values():
+            server.kill()
+
+
+class _FakeServicerContext:
+    """Just what the server chain asks of grpc's context for an OK call."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    def code(self) -> None:
+        return None
+
+
+async def _echo(request: object, context: object) -> object:
+    return request
+
+
+async def chain_cost(calls: int = 50_000) -> dict[str, float]:
+    """Microseconds per call that the default chains add around a handler that does nothing:
+    the middleware alone, without grpc, so the figure does not depend on machine load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from framework.middleware import CallContext, Kind, Method, compose
+    from framework.middleware.defaults import client_middleware, server_middleware
+    from framework.middleware.handlers import wrap_method_handler
+
+    name = "/greeter.v1.Greeter/SayHello"
+    with ThreadPoolExecutor(1) as executor:
+        server = wrap_method_handler(
+            name, grpc.unary_unary_rpc_method_handler(_echo),
+            server_middleware(framework.ServerSettings()), executor,
+        ).unary_unary  # fmt: skip
+    method = Method(name, Kind.UNARY_UNARY, "client")
+
+    async def endpoint(ctx: CallContext, request: object) -> object:
+        return request
+
+    client = compose(client_middleware(framework.ClientSettings()), method, endpoint)
+    context = _FakeServicerContext()
+    runs = {
+        "none": lambda: _echo(1, context),
+        "server defaults": lambda: server(1, context),
+        "client defaults": lambda: client(CallContext(method, []), 1),
+    }
+    cost = {}
+    for label, run in runs.items():
+        for _ in range(1000):
+            await run()
+        started = time.process_time()
+        for _ in range(calls):
+            await run()
+        cost[label] = (time.process_time() - started) / calls * 1e6
+    return {label: value - cost["none"] for label, value in cost.items() if label != "none"}
+
+
+def report(title: str, figures: dict) -> None:
+    raw_rate = figures["raw"][0]
+    print(f"{title:<22}{'calls/s':>9}{'ratio':>7}{'cpu us/call':>13}{'cpu ratio':>10}")
+    for name, (rate, cpu, cpu_ratio) in figures.items():
+        print(f"  {name:<20}{rate:>9.0f}{rate / raw_rate:>7.3f}{cpu:>13.1f}{cpu_ratio:>10.3f}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    for label, micros in (await chain_cost()).items():
+        print(f"{label} alone, without grpc: {micros:.1f} us per unary call")
+    report("client side", await client_side(args.rounds, args.calls, args.concurrency))
+    report("server side", await server_side(args.rounds, args.calls, args.concurrency))
+    print("(calls/s: median of rounds; cpu: of the client process, or of each server process;")
+    print(" cpu ratio: median over rounds of cpu per call / raw's in the same round)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

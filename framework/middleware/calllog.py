@@ -1,0 +1,68 @@
+"""The call log: one structured line per failed or slow call, never the request or response.
+
+Fields: side, method, peer, code, duration_ms, and trace_id / error_id when there are any. With
+GZ_LOG_FORMAT=json each is a JSON field; in text they follow the message as key=value.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import grpc
+
+from .chain import CallContext
+from .outcome import OK, CallObserver, call_code
+
+log = logging.getLogger("gz.call")
+# A library convention: in a process that has not set up logging (a command-line client), the
+# call log stays silent instead of reaching stderr through logging's last-resort handler.
+log.addHandler(logging.NullHandler())
+
+# Codes that mean the service itself failed; the rest are the caller's problem or a normal "no".
+SERVICE_FAULTS = frozenset(
+    {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
+)
+
+
+class CallLog(CallObserver):
+    """Logs calls that end with a code other than OK, or that take ``slow`` seconds or more."""
+
+    def __init__(self, slow: float = 0.5) -> None:
+        self.slow = slow
+
+    def begin(self, ctx: CallContext) -> float:
+        return time.perf_counter()
+
+    def end(self, ctx: CallContext, started: float, error: BaseException | None) -> None:
+        duration = time.perf_counter() - started
+        code = call_code(ctx, error)
+        if code is OK and duration < self.slow:
+            return
+        fields = {
+            "side": ctx.method.side,
+            "method": ctx.method.full_name,
+            "peer": ctx.peer,
+            "code": code.name,
+            "duration_ms": round(duration * 1000, 3),
+        }
+        trace_id = _trace_id()
+        if trace_id:
+            fields["trace_id"] = trace_id
+        if "error_id" in ctx.state:
+            fields["error_id"] = ctx.state["error_id"]
+        what = "slow call" if code is OK else "call failed"
+        level = logging.ERROR if code in SERVICE_FAULTS else logging.WARNING
+        details = " ".join(f"{key}={value}" for key, value in fields.items())
+        log.log(level, "%s %s", what, details, extra=fields)
+
+
+def _trace_id() -> str | None:
+    """The current trace id in hex, when OpenTelemetry is in use."""
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    from opentelemetry import trace
+
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None

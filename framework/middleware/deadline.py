@@ -1,0 +1,86 @@
+"""Deadlines: a default timeout per client call, and deadline propagation through handlers.
+
+On the server, the caller's deadline is kept in a context variable while the handler runs; a call
+the handler makes through a ``connect()`` channel then gets the earlier of its own deadline and
+that one, so a chain of services never works on past the moment the first caller gave up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from .chain import CallContext, Method, Middleware, StreamHandler, UnaryHandler
+
+_inherited: ContextVar[float | None] = ContextVar("gz_deadline", default=None)
+
+
+def current_deadline() -> float | None:
+    """The deadline (``time.monotonic()``) of the server call being handled here, or None."""
+    return _inherited.get()
+
+
+def time_remaining() -> float | None:
+    """Seconds left of the server call being handled here, or None if it has no deadline."""
+    deadline = _inherited.get()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class Deadline(Middleware):
+    """Server: makes the caller's deadline the inherited one for the handler's own calls.
+    Client: applies ``timeout`` (or the ``method_timeouts`` entry for the method: by full name,
+    ``Service/Method`` or bare method name) to calls made without one, then caps the deadline at
+    the inherited one."""
+
+    def __init__(
+        self, timeout: float | None = None, method_timeouts: Mapping[str, float] | None = None
+    ) -> None:
+        self.timeout = timeout
+        self.method_timeouts = dict(method_timeouts or {})
+
+    def for_method(self, method: Method) -> Middleware | None:
+        if method.side == "server":
+            return _ServerDeadline()
+        timeouts = self.method_timeouts
+        keys = (method.full_name, method.full_name.lstrip("/"), method.name)
+        timeout = next((timeouts[key] for key in keys if key in timeouts), self.timeout)
+        return _ClientDeadline(timeout)
+
+
+class _ServerDeadline(Middleware):
+    async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
+        if ctx.deadline is None:
+            return await call_next(ctx, request)
+        token = _inherited.set(ctx.deadline)
+        try:
+            return await call_next(ctx, request)
+        finally:
+            _inherited.reset(token)
+
+    async def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
+        # Each server call runs in a task of its own, so the value cannot leak to other calls.
+        _inherited.set(ctx.deadline)
+        async for response in call_next(ctx, request):
+            yield response
+
+
+class _ClientDeadline(Middleware):
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+
+    def _apply(self, ctx: CallContext) -> None:
+        if ctx.deadline is None and self.timeout is not None:
+            ctx.deadline = time.monotonic() + self.timeout
+        inherited = _inherited.get()
+        if inherited is not None and (ctx.deadline is None or inherited < ctx.deadline):
+            ctx.deadline = inherited
+
+    async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
+        self._apply(ctx)
+        return await call_next(ctx, request)
+
+    def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
+        self._apply(ctx)
+        return call_next(ctx, request)

@@ -1,0 +1,251 @@
+"""Prometheus metrics with go-grpc-prometheus names, so existing Grafana dashboards work.
+
+Server: grpc_server_started_total, grpc_server_handled_total, grpc_server_handling_seconds,
+grpc_server_msg_received_total, grpc_server_msg_sent_total; the client has the grpc_client_* set.
+gz adds gz_resolver_endpoints{target}, gz_resolver_updates_total{target} and
+gz_balancer_picks_total{endpoint}. All of them are in prometheus_client's default registry, so a
+service's own metrics appear on the same /metrics page.
+
+Calls are counted in plain integers per method, on the event loop thread that runs every chain,
+and turned into metric families only when /metrics is scraped: a call costs a few additions
+instead of prometheus_client's locked updates.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import REGISTRY, Gauge
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+from ..discovery import Endpoint, Resolver
+from ..discovery.resolver import Listener
+from .chain import CallContext, Kind, Method, Middleware
+from .outcome import GO_CODE_NAMES, call_code
+
+# prometheus.DefBuckets of the Go client, which go-grpc-prometheus uses.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+GRPC_TYPES = {
+    Kind.UNARY_UNARY: "unary",
+    Kind.UNARY_STREAM: "server_stream",
+    Kind.STREAM_UNARY: "client_stream",
+    Kind.STREAM_STREAM: "bidi_stream",
+}
+
+
+class MethodStats:
+    """The counts of one method on one side."""
+
+    __slots__ = ("buckets", "handled", "labels", "received", "sent", "started", "sum")
+
+    def __init__(self, method: Method) -> None:
+        self.labels = (GRPC_TYPES[method.kind], method.service, method.name)
+        self.started = self.received = self.sent = 0
+        self.handled: dict[grpc.StatusCode, int] = {}
+        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+class GrpcCollector:
+    """Builds the grpc_* families from every MethodStats at scrape time."""
+
+    def __init__(self) -> None:
+        self._stats: dict[tuple[str, str], MethodStats] = {}
+        self._lock = threading.Lock()  # methods are added by the loop while a scrape iterates
+        self.picks: dict[str, int] = {}
+
+    def stats(self, method: Method) -> MethodStats:
+        """One MethodStats per method and side, shared by every channel and server."""
+        key = (method.side, method.full_name)
+        with self._lock:
+            return self._stats.setdefault(key, MethodStats(method))
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            stats = list(self._stats.items())
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        for side in ("server", "client"):
+            where = "on the server" if side == "server" else "on the client"
+            started = CounterMetricFamily(
+                f"grpc_{side}_started", f"Total number of RPCs started {where}.", labels=labels
+            )
+            handled = CounterMetricFamily(
+                f"grpc_{side}_handled",
+                f"Total number of RPCs completed {where}, regardless of success or failure.",
+                labels=[*labels, "grpc_code"],
+            )
+            handling = HistogramMetricFamily(
+                f"grpc_{side}_handling_seconds",
+                f"Histogram of response latency (seconds) of gRPC {where}.",
+                labels=labels,
+            )
+            received = CounterMetricFamily(
+                f"grpc_{side}_msg_received",
+                f"Total number of RPC stream messages received {where}.",
+                labels=labels,
+            )
+            sent = CounterMetricFamily(
+                f"grpc_{side}_msg_sent",
+                f"Total number of gRPC stream messages sent {where}.",
+                labels=labels,
+            )
+            for (stats_side, _), stat in stats:
+                if stats_side != side:
+                    continue
+                started.add_metric(stat.labels, stat.started)
+                for code, count in list(stat.handled.items()):
+                    handled.add_metric([*stat.labels, GO_CODE_NAMES[code]], count)
+                cumulative, total = [], 0
+                for bound, count in zip((*BUCKETS, float("inf")), stat.buckets, strict=True):
+                    total += count
+                    cumulative.append(("+Inf" if bound == float("inf") else str(bound), total))
+                handling.add_metric(stat.labels, cumulative, stat.sum)
+                received.add_metric(stat.labels, stat.received)
+                sent.add_metric(stat.labels, stat.sent)
+            yield from (started, handled, handling, received, sent)
+        picks = CounterMetricFamily(
+            "gz_balancer_picks", "Calls sent to each endpoint by gz clients.", labels=["endpoint"]
+        )
+        for endpoint, count in list(self.picks.items()):
+            picks.add_metric([endpoint], count)
+        yield picks
+
+
+@functools.cache
+def collector() -> GrpcCollector:
+    """The process's collector, registered in the default registry on first use."""
+    grpc_collector = GrpcCollector()
+    REGISTRY.register(grpc_collector)
+    return grpc_collector
+
+
+class Metrics(Middleware):
+    """Counts and times every call of the methods it is composed into."""
+
+    def for_method(self, method: Method) -> Middleware:
+        return _MethodMetrics(method, collector())
+
+
+class _MethodMetrics(Middleware):
+    def __init__(self, method: Method, grpc_collector: GrpcCollector) -> None:
+        self.stats = grpc_collector.stats(method)
+        self._picks = grpc_collector.picks if method.side == "client" else None
+        self._streaming_requests = method.kind.request_streaming
+        self._server = method.side == "server"
+
+    def _begin(self) -> float:
+        stats = self.stats
+        stats.started += 1
+        if not self._streaming_requests:  # a single request is one message
+            self._request_message()
+        return time.perf_counter()
+
+    def _end(self, ctx: CallContext, started: float, error: BaseException | None) -> None:
+        stats = self.stats
+        stats.observe(time.perf_counter() - started)
+        code = call_code(ctx, error)
+        stats.handled[code] = stats.handled.get(code, 0) + 1
+        if self._picks is not None and ctx.peer is not None:
+            self._picks[ctx.peer] = self._picks.get(ctx.peer, 0) + 1
+
+    def _response(self) -> None:
+        if self._server:
+            self.stats.sent += 1
+        else:
+            self.stats.received += 1
+
+    def _request_message(self) -> None:
+        if self._server:
+            self.stats.received += 1
+        else:
+            self.stats.sent += 1
+
+    async def _counted_requests(self, requests: Any) -> AsyncIterator[Any]:
+        """Counts messages as they go; a client may stream its requests from a sync iterator."""
+        if hasattr(requests, "__aiter__"):
+            async for request in requests:
+                self._request_message()
+                yield request
+        else:
+            for request in requests:
+                self._request_message()
+                yield request
+
+    async def unary(self, ctx: CallContext, request: Any, call_next: Any) -> Any:
+        if self._streaming_requests:
+            request = self._counted_requests(request)
+        started = self._begin()
+        try:
+            response = await call_next(ctx, request)
+        except BaseException as error:
+            self._end(ctx, started, error)
+            raise
+        self._end(ctx, started, None)
+        self._response()
+        return response
+
+    async def stream(self, ctx: CallContext, request: Any, call_next: Any) -> AsyncIterator[Any]:
+        if self._streaming_requests:
+            request = self._counted_requests(request)
+        started = self._begin()
+        try:
+            async for response in call_next(ctx, request):
+                self._response()
+                yield response
+        except BaseException as error:  # GeneratorExit too: the consumer stopped early
+            self._end(ctx, started, error)
+            raise
+        self._end(ctx, started, None)
+
+
+@functools.cache
+def _resolver_gauges() -> tuple[Gauge, Any]:
+    from prometheus_client import Counter
+
+    return (
+        Gauge("gz_resolver_endpoints", "Endpoints the resolver of a target reports.", ["target"]),
+        Counter("gz_resolver_updates", "Endpoint set updates pushed by resolvers.", ["target"]),
+    )
+
+
+def count_resolution(resolver: Resolver) -> Resolver:
+    """``resolver`` reporting gz_resolver_endpoints and gz_resolver_updates_total as it goes."""
+    return _CountingResolver(resolver)
+
+
+class _CountingResolver(Resolver):
+    def __init__(self, inner: Resolver) -> None:
+        self.target = inner.target
+        self._inner = inner
+
+    async def watch(self, listener: Listener) -> None:
+        await self._inner.watch(_CountingListener(listener, self.target))
+
+    def resolve_now(self) -> None:
+        self._inner.resolve_now()
+
+
+class _CountingListener:
+    def __init__(self, listener: Listener, target: str) -> None:
+        endpoints, updates = _resolver_gauges()
+        self._listener = listener
+        self._endpoints, self._updates = endpoints.labels(target), updates.labels(target)
+
+    def update(self, endpoints: frozenset[Endpoint]) -> None:
+        self._endpoints.set(len(endpoints))
+        self._updates.inc()
+        self._listener.update(endpoints)
+
+    def error(self, message: str) -> None:
+        self._listener.error(message)

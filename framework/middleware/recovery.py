@@ -1,0 +1,54 @@
+"""Recovery: an exception escaping a handler becomes INTERNAL with an error id.
+
+The client gets ``internal error (error id 3f2a...)`` and nothing of the exception; the log gets
+the stack trace under the same id, so a user's bug report can be matched to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import grpc
+
+from .chain import CallContext, Method, Middleware, StreamHandler, UnaryHandler
+
+log = logging.getLogger("gz.recovery")
+
+
+class Recovery(Middleware):
+    """Server only; put it inside tracing, metrics and the call log so they see INTERNAL."""
+
+    def applies_to(self, method: Method) -> bool:
+        return method.side == "server"
+
+    async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
+        try:
+            return await call_next(ctx, request)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(ctx, error)
+
+    async def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
+        try:
+            async for response in call_next(ctx, request):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(ctx, error)
+
+
+async def _abort(ctx: CallContext, error: Exception) -> None:
+    error_id = uuid.uuid4().hex[:16]
+    ctx.state["error"], ctx.state["error_id"] = error, error_id
+    log.error(
+        "%s raised %s (error id %s)", ctx.method.full_name, type(error).__name__, error_id,
+        exc_info=error, extra={"method": ctx.method.full_name, "error_id": error_id},
+    )  # fmt: skip
+    assert ctx.servicer_context is not None
+    await ctx.servicer_context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error (error id {error_id})"
+    )

@@ -1,0 +1,185 @@
+"""OpenTelemetry tracing: a span per call, W3C traceparent/baggage through gRPC metadata.
+
+Spans are named ``package.Service/Method`` with kind SERVER or CLIENT, the rpc.* attributes and
+the gRPC status code. The middleware takes part only when a real tracer provider is set (by the
+application, or by ``configure_tracing()`` from OTEL_TRACES_EXPORTER) when a method's chain is
+composed; otherwise it is left out of every chain and costs nothing. opentelemetry is imported
+only then, so ``import framework`` stays fast.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from typing import Any
+
+import grpc
+
+from ..settings import SettingsError
+from .chain import CallContext, Method, Middleware
+from .outcome import OK, CallObserver, call_code
+
+# The codes that make a *server* span an error (OpenTelemetry's gRPC conventions); on the client
+# every code but OK does.
+SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def tracer_provider() -> Any | None:
+    """The global tracer provider if one that records was set, else None."""
+    if "opentelemetry.trace" not in sys.modules:  # nobody can have set one
+        return None
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    return provider
+
+
+def configure_tracing(service_name: str | None = None) -> Any | None:
+    """Set up the OpenTelemetry SDK from the standard OTEL_* variables, once per process.
+
+    Nothing happens unless OTEL_TRACES_EXPORTER names exporters (``console``, ``otlp``, or any
+    installed ``opentelemetry_traces_exporter`` entry point) and no provider is set already.
+    OTEL_SERVICE_NAME (else ``service_name``) names the resource. Returns the provider in use.
+    """
+    names = [n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
+    disabled = os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
+    if disabled or not names or names == ["none"] or tracer_provider() is not None:
+        return tracer_provider()
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
+    provider = TracerProvider(resource=Resource.create({k: v for k, v in attributes.items() if v}))
+    for exporter in _exporters(names):
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    atexit.register(provider.force_flush)
+    return provider
+
+
+def _exporters(names: Iterable[str]) -> list[Any]:
+    available = entry_points(group="opentelemetry_traces_exporter")
+    exporters = []
+    for name in names:
+        found = [point for point in available if point.name == name]
+        if not found:
+            hint = " (pip install 'gz[otlp]')" if name.startswith("otlp") else ""
+            known = ", ".join(sorted({point.name for point in available})) or "none"
+            raise SettingsError(
+                f"bad OTEL_TRACES_EXPORTER={name!r}: no such exporter is installed{hint}; "
+                f"installed: {known}"
+            )
+        exporters.append(found[0].load()())
+    return exporters
+
+
+class Tracing(Middleware):
+    """Spans for calls on either side. ``tracer_provider`` defaults to the global one."""
+
+    def __init__(self, tracer_provider: Any | None = None) -> None:
+        self._provider = tracer_provider
+
+    def for_method(self, method: Method) -> Middleware | None:
+        provider = self._provider or tracer_provider()
+        if provider is None:
+            return None
+        tracer = provider.get_tracer("gz")
+        if method.side == "server":
+            return _ServerSpans(tracer, method)
+        return _ClientSpans(tracer, method)
+
+
+class _Spans(CallObserver):
+    def __init__(self, tracer: Any, method: Method) -> None:
+        from opentelemetry import context, propagate, trace
+
+        self._tracer, self._trace = tracer, trace
+        self._context, self._propagate = context, propagate
+        self._name = method.full_name.lstrip("/")
+        self._attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": method.service,
+            "rpc.method": method.name,
+        }
+
+    def _finish(self, span: Any, ctx: CallContext, error: BaseException | None) -> None:
+        code = call_code(ctx, error)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if ctx.peer:
+            span.set_attribute("network.peer.address", ctx.peer)
+        error_id = ctx.state.get("error_id")
+        if error_id is not None:
+            span.set_attribute("gz.error_id", error_id)
+            span.record_exception(ctx.state["error"])
+        if self._is_error(code):
+            span.set_status(self._trace.StatusCode.ERROR, code.name)
+        span.end()
+
+    def _is_error(self, code: grpc.StatusCode) -> bool:
+        return code is not OK
+
+
+class _ServerSpans(_Spans):
+    def begin(self, ctx: CallContext) -> tuple[Any, object]:
+        parent = self._propagate.extract(ctx.metadata, getter=_GETTER)
+        span = self._tracer.start_span(
+            self._name, parent, self._trace.SpanKind.SERVER, self._attributes
+        )
+        # Current while the handler runs, so its own client calls become children.
+        return span, self._context.attach(self._trace.set_span_in_context(span, parent))
+
+    def end(self, ctx: CallContext, token: tuple[Any, object], error: BaseException | None) -> None:
+        span, attached = token
+        self._context.detach(attached)
+        self._finish(span, ctx, error)
+
+    def _is_error(self, code: grpc.StatusCode) -> bool:
+        return code in SERVER_ERROR_CODES
+
+
+class _ClientSpans(_Spans):
+    def begin(self, ctx: CallContext) -> Any:
+        span = self._tracer.start_span(
+            self._name, kind=self._trace.SpanKind.CLIENT, attributes=self._attributes
+        )
+        # Not made current: the span context goes out in the metadata only.
+        self._propagate.inject(ctx.metadata, self._trace.set_span_in_context(span), setter=_SETTER)
+        return span
+
+    def end(self, ctx: CallContext, span: Any, error: BaseException | None) -> None:
+        self._finish(span, ctx, error)
+
+
+class _MetadataGetter:
+    """Reads a propagation header from gRPC metadata (a sequence of key, value pairs)."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        values = [value for k, value in carrier if k == key and isinstance(value, str)]
+        return values or None
+
+    def keys(self, carrier: Any) -> list[str]:
+        return [key for key, _ in carrier]
+
+
+class _MetadataSetter:
+    def set(self, carrier: list[tuple[str, str | bytes]], key: str, value: str) -> None:
+        carrier.append((key, value))
+
+
+_GETTER, _SETTER = _MetadataGetter(), _MetadataSetter()

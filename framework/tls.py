@@ -1,0 +1,50 @@
+"""TLS credentials from GZ_TLS_CERT, GZ_TLS_KEY and GZ_TLS_CA (docs/security.md).
+
+Server: GZ_TLS_CERT and GZ_TLS_KEY turn TLS on; GZ_TLS_CA as well makes it mutual TLS: only
+clients with a certificate signed by that CA get in. Client: GZ_TLS_CA is the CA that must have
+signed the server's certificate (the system roots without it); GZ_TLS_CERT and GZ_TLS_KEY are
+the client certificate for mutual TLS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from .settings import ClientSettings, MiddlewareSettings, ServerSettings
+
+
+def _read(path: str | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def _key_pair(settings: MiddlewareSettings) -> tuple[bytes | None, bytes | None]:
+    return _read(settings.tls_key), _read(settings.tls_cert)
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """The server's TLS credentials, or None for plaintext."""
+    if settings.tls_cert is None:  # settings refuse GZ_TLS_CA alone on a server
+        return None
+    key, cert = _key_pair(settings)
+    ca = _read(settings.tls_ca)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def client_uses_tls(settings: ClientSettings) -> bool:
+    if settings.tls is not None:
+        return settings.tls
+    return settings.tls_ca is not None or settings.tls_cert is not None
+
+
+def channel_credentials(settings: ClientSettings) -> grpc.ChannelCredentials | None:
+    """The client's TLS credentials, or None for plaintext."""
+    if not client_uses_tls(settings):
+        return None
+    key, cert = _key_pair(settings)
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.tls_ca), private_key=key, certificate_chain=cert
+    )

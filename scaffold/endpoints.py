@@ -1,0 +1,62 @@
+"""What a client of a target would see: the first endpoint set, or every change of it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import framework
+from framework.discovery import Endpoint, Listener, build_resolver
+
+from .errors import BadInput, Failed
+
+
+def resolver_for(target: str) -> framework.Resolver:
+    try:
+        return build_resolver(target)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+
+
+class _Collector(Listener):
+    def __init__(
+        self, on_update: Callable[[frozenset[Endpoint]], None], on_error: Callable[[str], None]
+    ) -> None:
+        self.on_update, self.on_error = on_update, on_error
+        self.changed = asyncio.Event()
+        self.endpoints: frozenset[Endpoint] | None = None
+        self.failed: str | None = None
+
+    def update(self, endpoints: frozenset[Endpoint]) -> None:
+        self.endpoints = endpoints
+        self.on_update(endpoints)
+        self.changed.set()
+
+    def error(self, message: str) -> None:
+        self.failed = message
+        self.on_error(message)
+        self.changed.set()
+
+
+async def first_set(resolver: framework.Resolver, timeout: float) -> frozenset[Endpoint]:
+    """The first endpoint set; Failed if resolution fails first or nothing comes in time."""
+    collector = _Collector(lambda endpoints: None, lambda message: None)
+    watching = asyncio.ensure_future(resolver.watch(collector))
+    try:
+        await asyncio.wait_for(collector.changed.wait(), timeout)
+    except TimeoutError:
+        raise Failed(f"{resolver.target}: nothing resolved in {timeout:g}s") from None
+    finally:
+        watching.cancel()
+    if collector.endpoints is None:
+        raise Failed(collector.failed or f"{resolver.target}: resolution failed")
+    return collector.endpoints
+
+
+async def watch(
+    resolver: framework.Resolver,
+    on_update: Callable[[frozenset[Endpoint]], None],
+    on_error: Callable[[str], None],
+) -> None:
+    """Report every change until cancelled."""
+    await resolver.watch(_Collector(on_update, on_error))

@@ -1,0 +1,264 @@
+"""Kubernetes objects as plain dicts, each built one way for every mode (apps/v1, v1,
+autoscaling/v2, policy/v1, rbac.authorization.k8s.io/v1; checked against the 1.30+ schemas)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+Object = dict[str, Any]
+
+NAME_LABEL = "app.kubernetes.io/name"
+RUN_AS_USER = 10001  # the non-root user of the Dockerfile `gz new` writes
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """The shutdown timeline of a pod; terminationGracePeriodSeconds covers all of it.
+
+    kubelet runs the preStop sleep (endpoints controllers, kube-proxy and DNS caches catch up
+    while the pod still serves), then sends SIGTERM: the gz server says NOT_SERVING and
+    deregisters, keeps serving for ``drain``, then lets in-flight calls run for ``grace``.
+    """
+
+    prestop: float = 5.0
+    drain: float = 5.0
+    grace: float = 10.0
+    margin: float = 5.0  # for the process to exit after server.stop(grace)
+
+    @property
+    def termination_grace_period(self) -> int:
+        return math.ceil(self.prestop + self.drain + self.grace + self.margin)
+
+    @property
+    def after_sigterm(self) -> float:
+        return self.drain + self.grace
+
+
+def metadata(name: str, namespace: str, app: str, **extra: Any) -> Object:
+    return {"name": name, "namespace": namespace, "labels": {NAME_LABEL: app}, **extra}
+
+
+def env_value(name: str, value: str) -> Object:
+    return {"name": name, "value": value}
+
+
+def env_field(name: str, path: str) -> Object:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def env_secret(name: str, secret: str, key: str) -> Object:
+    """From a Secret that may not exist (optional): the variable is then unset."""
+    return {
+        "name": name,
+        "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}},
+    }
+
+
+def downward_env() -> list[Object]:
+    """POD_IP is the address a gz server advertises; POD_NAMESPACE is k8s:///'s namespace."""
+    return [env_field("POD_IP", "status.podIP"), env_field("POD_NAMESPACE", "metadata.namespace")]
+
+
+def grpc_probes(port: int, shutdown: Shutdown) -> Object:
+    """Native gRPC probes (grpc.health.v1, Kubernetes >= 1.27 GA).
+
+    Readiness fails as soon as the server drains (NOT_SERVING), which takes the pod out of the
+    EndpointSlices. Liveness fails then too, so its window (period x failures) is longer than
+    drain + grace: a draining pod is never restarted half way through its calls.
+    """
+    liveness_period = 10
+    failures = math.floor(shutdown.after_sigterm / liveness_period) + 2
+    return {
+        "startupProbe": {"grpc": {"port": port}, "periodSeconds": 1, "failureThreshold": 60},
+        "readinessProbe": {
+            "grpc": {"port": port},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 1,
+        },
+        "livenessProbe": {
+            "grpc": {"port": port},
+            "periodSeconds": liveness_period,
+            "timeoutSeconds": 2,
+            "failureThreshold": failures,
+        },
+    }
+
+
+def prestop_sleep(shutdown: Shutdown) -> Object:
+    """The native sleep action (Kubernetes >= 1.30): no `sleep` binary needed in the image."""
+    return {"preStop": {"sleep": {"seconds": math.ceil(shutdown.prestop)}}}
+
+
+RESOURCES: Object = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"cpu": "1", "memory": "256Mi"},
+}
+
+CONTAINER_SECURITY: Object = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def grpc_port(port: int) -> Object:
+    return {"name": "grpc", "containerPort": port, "protocol": "TCP"}
+
+
+@dataclass
+class PodSpec:
+    """What varies between the Deployments gz writes; the rest is the same everywhere."""
+
+    containers: list[Object]
+    shutdown: Shutdown
+    init_containers: list[Object] = field(default_factory=list)
+    volumes: list[Object] = field(default_factory=list)
+    service_account: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    run_as_user: int = RUN_AS_USER
+
+
+def deployment(name: str, namespace: str, replicas: int, pod: PodSpec) -> Object:
+    spec: Object = {
+        "terminationGracePeriodSeconds": pod.shutdown.termination_grace_period,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": pod.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": pod.containers,
+    }
+    if pod.init_containers:
+        spec["initContainers"] = pod.init_containers
+    if pod.volumes:
+        spec["volumes"] = pod.volumes
+    if pod.service_account:
+        spec["serviceAccountName"] = pod.service_account
+    else:  # nothing in the pod talks to the API server
+        spec["automountServiceAccountToken"] = False
+    template_metadata: Object = {"labels": {NAME_LABEL: name, **pod.labels}}
+    if pod.annotations:
+        template_metadata["annotations"] = pod.annotations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(name, namespace, name),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {NAME_LABEL: name}},
+            # a new pod is ready before an old one goes: capacity never drops in a rollout
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+            },
+            "template": {"metadata": template_metadata, "spec": spec},
+        },
+    }
+
+
+def service(
+    name: str,
+    namespace: str,
+    app: str,
+    port: int,
+    *,
+    headless: bool,
+    app_protocol: str = "kubernetes.io/h2c",
+) -> Object:
+    spec: Object = {
+        "selector": {NAME_LABEL: app},
+        # named "grpc": k8s:///name:grpc finds it, and so does a bare name with GZ_DISCOVERY=k8s
+        "ports": [
+            {
+                "name": "grpc",
+                "port": port,
+                "targetPort": "grpc",
+                "protocol": "TCP",
+                "appProtocol": app_protocol,
+            }
+        ],
+    }
+    if headless:
+        spec = {"clusterIP": "None", **spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(name, namespace, app),
+        "spec": spec,
+    }
+
+
+def autoscaler(name: str, namespace: str, replicas: int) -> Object:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(name, namespace, name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": replicas,
+            "maxReplicas": max(replicas * 3, replicas + 1),
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 70},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def disruption_budget(name: str, namespace: str) -> Object:
+    """Node drains evict one pod at a time, so drains never take several replicas at once."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(name, namespace, name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {NAME_LABEL: name}}},
+    }
+
+
+def config_map(name: str, namespace: str, app: str, data: dict[str, str]) -> Object:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(name, namespace, app),
+        "data": data,
+    }
+
+
+def endpointslice_reader(client: str, namespace: str, app: str) -> list[Object]:
+    """ServiceAccount + Role + RoleBinding: what a k8s:/// client needs (list, watch)."""
+    role = f"{client}-endpointslice-reader"
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": metadata(client, namespace, app),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": metadata(role, namespace, app),
+            "rules": [
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata(role, namespace, app),
+            "subjects": [{"kind": "ServiceAccount", "name": client, "namespace": namespace}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+        },
+    ]

@@ -1,0 +1,34 @@
+"""`python -m benchmarks --quick --json` runs and prints the documented JSON shape. Benchmarks
+are programs that print figures, not pass/fail tests: no timing is checked here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .support import ROOT
+
+
+def test_quick_json_run_of_two_scenarios_has_the_documented_shape():
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--json"]
+    done = subprocess.run(
+        [*command, "--only", "client_overhead,scale"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert {"machine", "quick", "seconds", "scenarios"} <= report.keys()
+    assert {"cpus", "cpu_model", "python", "grpcio"} <= report["machine"].keys()
+    assert report["quick"] is True
+    assert [s["scenario"] for s in report["scenarios"]] == ["client_overhead", "scale"]
+    for scenario in report["scenarios"]:
+        assert not [note for note in scenario["notes"] if note.startswith("FAILED")], scenario
+        assert scenario["tables"] and all(table["rows"] for table in scenario["tables"])
+    overhead, scale = (s["tables"][0]["rows"] for s in report["scenarios"])
+    assert {row["variant"] for row in overhead} >= {"raw", "gz"}
+    for row in overhead:
+        assert {"shape", "conc", "rps", "p50_ms", "p99_ms", "cpu_s_per_1k", "rps_ratio",
+                "p50_ratio", "p99_ratio"} <= row.keys()  # fmt: skip
+    assert [row["endpoints"] for row in scale] == [10, 100]
+    assert all("pick_ns_round_robin" in row and "kib_per_subchannel" in row for row in scale)

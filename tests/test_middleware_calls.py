@@ -1,0 +1,181 @@
+"""Recovery, the call log, deadlines and load shedding, on servers in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from examples.greeter import greeter_pb2, greeter_pb2_grpc
+from examples.greeter.server import Greeter
+from framework.logs import JsonFormatter
+from framework.middleware import CallContext, Kind, Method, compose
+from framework.middleware.deadline import Deadline, _inherited, time_remaining
+from framework.middleware.shedding import BUCKET_SECONDS, Shedding
+
+from .middleware_relay import SECRET, Relay
+from .support import ROOT, say_hello, start_greeter
+
+
+@pytest.fixture
+async def relay():
+    service = await start_greeter(Relay)
+    yield service
+    await service.server.stop()
+
+
+async def test_a_handler_exception_is_internal_with_an_error_id_and_logged(relay, caplog):
+    caplog.set_level(logging.INFO)
+    async with grpc.aio.insecure_channel(relay.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await say_hello(channel, "raise")
+    assert raised.value.code() is grpc.StatusCode.INTERNAL
+    details = raised.value.details()
+    assert SECRET not in details and "RuntimeError" not in details
+    error_id = details.removeprefix("internal error (error id ").removesuffix(")")
+    assert len(error_id) == 16
+
+    (logged,) = [r for r in caplog.records if r.name == "gz.recovery"]
+    assert logged.error_id == error_id and logged.levelno == logging.ERROR
+    assert SECRET in caplog.text  # the stack trace, with the exception text, is in the log
+    (line,) = [r for r in caplog.records if r.name == "gz.call"]
+    assert (line.code, line.error_id, line.side) == ("INTERNAL", error_id, "server")
+
+
+async def test_without_recovery_grpc_itself_puts_the_exception_text_in_the_status():
+    service = await start_greeter(Relay, recovery=False)
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await say_hello(channel, "raise")
+        assert raised.value.code() is grpc.StatusCode.UNKNOWN
+        assert SECRET in raised.value.details()  # why recovery is on by default
+    finally:
+        await service.server.stop()
+
+
+async def test_the_call_log_writes_one_json_line_for_a_slow_call_without_the_request(caplog):
+    service = await start_greeter(slow_call=0.05)
+    caplog.set_level(logging.INFO, logger="gz.call")
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            await say_hello(channel, "fast-and-private")
+            await say_hello(channel, "slow-and-private", delay_seconds=0.1)
+    finally:
+        await service.server.stop()
+    (record,) = [r for r in caplog.records if r.name == "gz.call"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"].startswith("slow call")
+    assert line["method"] == "/greeter.v1.Greeter/SayHello"
+    assert (line["code"], line["side"], line["level"]) == ("OK", "server", "warning")
+    assert line["peer"].startswith("ipv4:127.0.0.1:")
+    assert 100 <= line["duration_ms"] < 1000
+    assert "private" not in json.dumps(line)
+
+
+async def test_a_saturated_server_sheds_with_resource_exhausted_and_stays_fast():
+    service = await start_greeter(max_concurrency=2)
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+
+            async def timed_call() -> tuple[grpc.StatusCode, float]:
+                started = time.monotonic()
+                try:
+                    await say_hello(channel, "busy", delay_seconds=0.3)
+                    return grpc.StatusCode.OK, time.monotonic() - started
+                except grpc.aio.AioRpcError as error:
+                    return error.code(), time.monotonic() - started
+
+            results = await asyncio.gather(*(timed_call() for _ in range(6)))
+    finally:
+        await service.server.stop()
+    accepted = [took for code, took in results if code is grpc.StatusCode.OK]
+    shed = [took for code, took in results if code is grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert (len(accepted), len(shed)) == (2, 4)
+    assert max(shed) < min(accepted)  # refused at once, not queued behind the accepted ones
+    assert max(accepted) < 1.0  # which still take about their 300 ms
+
+
+def test_adaptive_shedding_refuses_beyond_what_recent_latency_allows():
+    now, cpu = [100.0], [95.0]
+    shedding = Shedding(cpu_threshold=90, cpu_percent=lambda: cpu[0], clock=lambda: now[0])
+    # History: 10 calls of 100 ms completed per 100 ms bucket -> 100/s x 0.1 s = 10 in flight.
+    for _ in range(5):
+        for _ in range(10):
+            shedding._window.add(0.1)
+        now[0] += BUCKET_SECONDS * 1.01  # into the next bucket, whatever the float rounding
+    shedding.in_flight = 10
+    assert shedding.overloaded() is None  # at the limit: still accepted
+    shedding.in_flight = 11
+    assert "CPU above 90%" in shedding.overloaded()
+    cpu[0] = 10.0
+    assert shedding.overloaded() is not None  # cooling off for a second after a drop
+    now[0] += 1.1
+    assert shedding.overloaded() is None  # CPU is low again: everything is accepted
+
+
+async def test_client_deadlines_default_per_method_and_capped_by_the_inherited_one():
+    seen: list[float | None] = []
+
+    async def endpoint(ctx: CallContext, request: object) -> None:
+        seen.append(None if ctx.deadline is None else ctx.deadline - time.monotonic())
+
+    deadline = Deadline(timeout=5, method_timeouts={"SayHello": 0.5, "/pkg.S/Exact": 2})
+    for name in ("/greeter.v1.Greeter/SayHello", "/pkg.S/Exact", "/pkg.S/Other"):
+        handler = compose([deadline], Method(name, Kind.UNARY_UNARY, "client"), endpoint)
+        await handler(CallContext(Method(name, Kind.UNARY_UNARY, "client"), []), None)
+        token = _inherited.set(time.monotonic() + 0.1)  # as inside a server handler
+        try:
+            await handler(CallContext(Method(name, Kind.UNARY_UNARY, "client"), []), None)
+        finally:
+            _inherited.reset(token)
+    assert [round(s, 1) for s in seen] == [0.5, 0.1, 2.0, 0.1, 5.0, 0.1]
+
+
+class AsyncProbe(Greeter):
+    async def SayHello(self, request, context):
+        return self.reply(repr(time_remaining()))
+
+
+class SyncProbe(Greeter):
+    def SayHello(self, request, context):  # runs in the server's thread pool
+        return self.reply(repr(time_remaining()))
+
+
+@pytest.mark.parametrize("probe", [AsyncProbe, SyncProbe])
+async def test_the_server_deadline_is_inherited_only_while_the_handler_runs(probe):
+    service = await start_greeter(probe)
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = greeter_pb2_grpc.GreeterStub(channel)
+            with_deadline = await stub.SayHello(greeter_pb2.HelloRequest(), timeout=1)
+            without = await stub.SayHello(greeter_pb2.HelloRequest())
+    finally:
+        await service.server.stop()
+    assert 0.5 < float(with_deadline.message) <= 1.01
+    assert without.message == "None"
+    assert time_remaining() is None
+
+
+def test_the_call_log_is_silent_where_logging_is_not_set_up():
+    """A command-line client prints its own one-line error, not the call log's too."""
+    code = (
+        "import asyncio, framework, grpc\n"
+        "from tests.support import say_hello\n"
+        "async def main():\n"
+        "    async with framework.connect('direct:///127.0.0.1:1', retry=False) as channel:\n"
+        "        try:\n"
+        "            await say_hello(channel)\n"
+        "        except grpc.aio.AioRpcError as error:\n"
+        "            print(error.code().name)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=30)  # fmt: skip
+    assert (done.stdout, done.stderr) == ("UNAVAILABLE\n", "")

@@ -1,0 +1,132 @@
+"""Bearer tokens, TLS and mutual TLS with certificates made by trustme in the test."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import grpc
+import pytest
+import trustme
+
+import framework
+from examples.greeter.server import Greeter
+from framework.middleware.auth import TokenAuth
+
+from .support import health_status, say_hello, start_greeter
+
+TOKEN = "s3cret-token-value"
+
+
+@pytest.fixture
+async def guarded():
+    service = await start_greeter(auth_tokens=[TOKEN, "another"])
+    yield service
+    await service.server.stop()
+
+
+async def call_code(address: str, **client_settings: object) -> grpc.StatusCode:
+    """The status of one SayHello through connect() with these client settings."""
+    settings = framework.ClientSettings(**client_settings)
+    async with framework.connect(f"direct:///{address}", settings=settings, retry=False) as channel:
+        try:
+            await say_hello(channel)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+
+async def test_a_good_token_passes_a_wrong_or_missing_one_is_unauthenticated(guarded, caplog):
+    caplog.set_level(logging.INFO)
+    assert await call_code(guarded.address, auth_token=TOKEN) is grpc.StatusCode.OK
+    assert await call_code(guarded.address, auth_token="another") is grpc.StatusCode.OK
+    assert await call_code(guarded.address, auth_token="wrong") is grpc.StatusCode.UNAUTHENTICATED
+    assert await call_code(guarded.address) is grpc.StatusCode.UNAUTHENTICATED
+    async with grpc.aio.insecure_channel(guarded.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await say_hello(channel)
+        assert "authorization: Bearer <token>" in raised.value.details()
+    # Health checks (Kubernetes probes, gz clients' health watch) need no token.
+    assert await health_status(guarded.address) == 1
+    assert TOKEN not in caplog.text and "wrong" not in caplog.text
+
+
+async def test_a_check_function_may_be_async_and_decides():
+    async def check(token: str) -> bool:
+        return token.startswith("team-")
+
+    class Checked(Greeter):
+        middleware = (TokenAuth(check=check),)
+
+    service = await start_greeter(Checked)
+    try:
+        assert await call_code(service.address, auth_token="team-a") is grpc.StatusCode.OK
+        unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+        assert await call_code(service.address, auth_token="other") is unauthenticated
+    finally:
+        await service.server.stop()
+
+
+def test_token_auth_without_tokens_or_check_says_what_to_configure():
+    with pytest.raises(ValueError, match="GZ_AUTH_TOKENS"):
+        TokenAuth()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA with a server and a client certificate, and a second, unrelated CA with a client
+    certificate of its own: file paths by name."""
+    directory = tmp_path_factory.mktemp("pki")
+    ca, other_ca = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client.example")
+    stranger = other_ca.issue_cert("stranger.example")
+    files: dict[str, str] = {}
+
+    def write(name: str, blob: trustme.Blob | list[trustme.Blob]) -> None:
+        path = Path(directory, f"{name}.pem")
+        blobs = blob if isinstance(blob, list) else [blob]
+        path.write_bytes(b"".join(b.bytes() for b in blobs))
+        files[name] = str(path)
+
+    write("ca", ca.cert_pem)
+    write("other_ca", other_ca.cert_pem)
+    for name, cert in (("server", server), ("client", client), ("stranger", stranger)):
+        write(f"{name}_cert", cert.cert_chain_pems)
+        write(f"{name}_key", cert.private_key_pem)
+    return files
+
+
+async def test_tls_the_client_verifies_the_server_against_its_ca(pki):
+    service = await start_greeter(tls_cert=pki["server_cert"], tls_key=pki["server_key"])
+    try:
+        address = service.address
+        assert await call_code(address, tls_ca=pki["ca"]) is grpc.StatusCode.OK
+        assert await call_code(address, tls_ca=pki["other_ca"]) is grpc.StatusCode.UNAVAILABLE
+        assert await call_code(address) is grpc.StatusCode.UNAVAILABLE  # plaintext
+    finally:
+        await service.server.stop()
+
+
+async def test_mtls_the_server_accepts_only_clients_with_a_certificate_from_its_ca(pki):
+    service = await start_greeter(
+        tls_cert=pki["server_cert"], tls_key=pki["server_key"], tls_ca=pki["ca"]
+    )
+    try:
+        address, ca = service.address, pki["ca"]
+        ok = await call_code(address, tls_ca=ca, tls_cert=pki["client_cert"],
+                             tls_key=pki["client_key"])  # fmt: skip
+        assert ok is grpc.StatusCode.OK
+        assert await call_code(address, tls_ca=ca) is grpc.StatusCode.UNAVAILABLE  # no cert
+        stranger = await call_code(address, tls_ca=ca, tls_cert=pki["stranger_cert"],
+                                   tls_key=pki["stranger_key"])  # fmt: skip
+        assert stranger is grpc.StatusCode.UNAVAILABLE
+    finally:
+        await service.server.stop()
+
+
+def test_a_server_ca_without_a_server_certificate_is_a_bad_setting(pki, monkeypatch):
+    monkeypatch.setenv("GZ_TLS_CA", pki["ca"])
+    with pytest.raises(framework.SettingsError, match="set GZ_TLS_CERT and GZ_TLS_KEY too"):
+        framework.ServerSettings.from_env()
+    framework.ClientSettings.from_env()  # a client with only a CA is fine: it verifies servers

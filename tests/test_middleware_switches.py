@@ -1,0 +1,101 @@
+"""Which middleware the defaults put in a chain, each switched off by its setting, and what an
+absent middleware costs: nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+import framework
+from framework.middleware import Kind, Method, compose
+from framework.middleware.auth import BearerToken, TokenAuth
+from framework.middleware.calllog import CallLog
+from framework.middleware.deadline import Deadline
+from framework.middleware.defaults import client_middleware, server_middleware
+from framework.middleware.handlers import wrap_method_handler
+from framework.middleware.metrics import Metrics
+from framework.middleware.recovery import Recovery
+from framework.middleware.shedding import Shedding
+from framework.middleware.tracing import Tracing, configure_tracing
+
+from .support import ROOT
+
+SERVER_DEFAULTS = [Tracing, Metrics, CallLog, Recovery, Deadline]
+CLIENT_DEFAULTS = [Tracing, Metrics, CallLog, Deadline]
+ALL_OFF = {"tracing": False, "metrics": False, "call_log": False, "deadline": False}
+
+
+def kinds(chain: list) -> list[type]:
+    return [type(item) for item in chain]
+
+
+def test_the_defaults_in_order_and_the_optional_ones_in_their_place():
+    assert kinds(server_middleware(framework.ServerSettings())) == SERVER_DEFAULTS
+    everything = framework.ServerSettings(max_concurrency=10, auth_tokens="a,b")
+    assert kinds(server_middleware(everything)) == [
+        Tracing, Metrics, CallLog, Recovery, Shedding, TokenAuth, Deadline,
+    ]  # fmt: skip
+    assert kinds(client_middleware(framework.ClientSettings())) == CLIENT_DEFAULTS
+    with_token = framework.ClientSettings(auth_token="t")
+    assert kinds(client_middleware(with_token)) == [
+        Tracing, Metrics, CallLog, BearerToken, Deadline,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("setting", "middleware"),
+    [("tracing", Tracing), ("metrics", Metrics), ("call_log", CallLog), ("deadline", Deadline)],
+)
+def test_each_default_is_absent_when_its_setting_is_off(setting, middleware, monkeypatch):
+    monkeypatch.setenv(f"GZ_{setting.upper()}", "false")
+    server = kinds(server_middleware(framework.ServerSettings.from_env()))
+    client = kinds(client_middleware(framework.ClientSettings.from_env()))
+    assert middleware not in server and middleware not in client
+    assert len(server) == len(SERVER_DEFAULTS) - 1 and len(client) == len(CLIENT_DEFAULTS) - 1
+
+
+def test_recovery_is_absent_when_off_and_shedding_when_no_limit_is_set():
+    assert Recovery not in kinds(server_middleware(framework.ServerSettings(recovery=False)))
+    assert Shedding in kinds(server_middleware(framework.ServerSettings(shed_cpu=90)))
+    assert Shedding not in kinds(server_middleware(framework.ServerSettings()))
+
+
+async def handler(request, context):
+    return request
+
+
+def test_with_everything_off_a_server_method_keeps_grpcs_own_handler():
+    settings = framework.ServerSettings(**ALL_OFF, recovery=False)
+    original = grpc.unary_unary_rpc_method_handler(handler)
+    with ThreadPoolExecutor(1) as executor:
+        wrapped = wrap_method_handler(
+            "/greeter.v1.Greeter/SayHello", original, server_middleware(settings), executor
+        )
+    assert wrapped is original
+
+
+def test_tracing_without_a_tracer_provider_is_left_out_of_every_chain():
+    method = Method("/greeter.v1.Greeter/SayHello", Kind.UNARY_UNARY, "client")
+    assert compose([Tracing()], method, handler) is handler
+    off = framework.ClientSettings(**ALL_OFF)
+    assert compose(client_middleware(off), method, handler) is handler
+
+
+def test_an_unknown_otel_exporter_names_the_installed_ones(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkinn")
+    with pytest.raises(framework.SettingsError, match=r"OTEL_TRACES_EXPORTER='zipkinn'.*console"):
+        configure_tracing("svc")
+
+
+def test_import_framework_loads_no_exporter_metrics_or_backend_library():
+    code = (
+        "import sys, framework; print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'opentelemetry', 'prometheus_client', 'kubernetes', 'etcd3aio', 'etcd3'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout  # fmt: skip
+    assert out.strip() == "[]"

@@ -1,0 +1,180 @@
+"""Pickers, load averages, the retry budget and policy, and outlier ejection, without servers."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter
+
+import grpc
+import pytest
+
+import framework
+from framework.balancing import P2cEwmaPicker, RoundRobinPicker, outlier, picker_class
+from framework.balancing.load import Load
+from framework.balancing.outlier import Outcomes
+from framework.balancing.pool import SubchannelPool
+from framework.middleware import Kind, Method
+from framework.middleware.retry import RetryBudget, RetryPolicy
+
+from .support import free_port
+
+UNAVAILABLE, OK = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK
+
+
+class FakeSubchannel:
+    """What a picker reads of a subchannel: its endpoint and its load."""
+
+    def __init__(self, port: int, ewma_us: float = 1000.0, inflight: int = 0) -> None:
+        self.endpoint = framework.Endpoint("127.0.0.1", port)
+        self.load = Load(now=0.0)
+        self.load.ewma_us, self.load.inflight, self.load.last_pick = ewma_us, inflight, 1e18
+
+
+def fakes(count: int, **load: float) -> list[FakeSubchannel]:
+    return [FakeSubchannel(port, **load) for port in range(1, count + 1)]
+
+
+def test_pickers_are_found_by_name_and_a_wrong_name_lists_the_right_ones():
+    assert picker_class("p2c_ewma") is P2cEwmaPicker
+    assert picker_class("round_robin") is RoundRobinPicker
+    with pytest.raises(ValueError, match="expected one of p2c_ewma, round_robin"):
+        picker_class("least_conn")
+
+
+def test_p2c_ewma_is_the_default_balancer(monkeypatch):
+    monkeypatch.delenv("GZ_BALANCER", raising=False)
+    assert framework.ClientSettings.from_env().balancer == "p2c_ewma"
+    monkeypatch.setenv("GZ_BALANCER", "round_robin")
+    assert framework.ClientSettings.from_env().balancer == "round_robin"
+
+
+def test_round_robin_takes_each_subchannel_in_turn():
+    subchannels = fakes(3)
+    picker = RoundRobinPicker(subchannels)
+    picks = Counter(picker.pick().endpoint.port for _ in range(300))
+    assert picks == {1: 100, 2: 100, 3: 100}
+
+
+def test_p2c_ewma_prefers_the_lower_latency_and_the_shorter_queue():
+    fast, slow = FakeSubchannel(1, ewma_us=1_000), FakeSubchannel(2, ewma_us=20_000)
+    picker = P2cEwmaPicker([fast, slow])
+    assert all(picker.pick() is fast for _ in range(100))
+    fast.load.inflight = 10  # sqrt(1001) * 11 = 348 > sqrt(20001) * 1 = 141
+    assert picker.pick() is slow
+
+
+def test_p2c_ewma_draws_two_distinct_subchannels_and_spreads_equal_ones():
+    picks = Counter(P2cEwmaPicker(fakes(4)).pick().endpoint.port for _ in range(4000))
+    # equal scores: the first drawn wins; both draws are uniform, so each gets about 1/4
+    assert set(picks) == {1, 2, 3, 4}
+    assert all(800 < count < 1200 for count in picks.values()), picks
+    worst, best = FakeSubchannel(1, ewma_us=1e9), FakeSubchannel(2)
+    assert all(P2cEwmaPicker([worst, best]).pick() is best for _ in range(50))
+
+
+def test_p2c_ewma_forces_a_subchannel_not_picked_for_a_second_once(monkeypatch):
+    now = 1000.0
+    monkeypatch.setattr("framework.balancing.p2c.time.monotonic", lambda: now)
+    fast, slow = FakeSubchannel(1, ewma_us=1_000), FakeSubchannel(2, ewma_us=50_000)
+    fast.load.last_pick = slow.load.last_pick = now
+    picker = P2cEwmaPicker([fast, slow])
+    assert picker.pick() is fast
+    now += 1.5
+    assert picker.pick() is slow  # stale estimate: forced once to refresh it
+    assert picker.pick() is fast  # and not again until another second passes
+
+
+def test_pick_other_avoids_the_endpoints_a_call_tried():
+    subchannels = fakes(5)
+    for picker_type in (P2cEwmaPicker, RoundRobinPicker):
+        picker = picker_type(subchannels)
+        tried = {s.endpoint.address for s in subchannels[:4]}
+        assert all(picker.pick_other(tried) is subchannels[4] for _ in range(20))
+        everything = {s.endpoint.address for s in subchannels}
+        assert picker.pick_other(everything) in subchannels  # none left: any will do
+
+
+def test_the_latency_average_starts_at_the_first_sample_and_decays_in_ten_seconds():
+    load = Load(now=0.0)
+    load.finished(started_at=0.0, now=0.010)
+    assert load.ewma_us == pytest.approx(10_000)
+    load.finished(started_at=10.0, now=10.010 + 0.0)  # same latency: unchanged
+    assert load.ewma_us == pytest.approx(10_000)
+    load.finished(started_at=20.009, now=20.010)  # 1 ms, 10 s after the last sample
+    weight = math.exp(-(20.010 - 10.010) / 10)
+    assert load.ewma_us == pytest.approx(10_000 * weight + 1_000 * (1 - weight))
+    assert load.score() == pytest.approx(math.sqrt(load.ewma_us + 1))
+
+
+def test_the_latency_average_is_a_plain_mean_while_it_has_few_samples():
+    load = Load(now=0.0)
+    for latency in (0.030, 0.001, 0.002):  # a slow first call must not dominate
+        load.finished(started_at=1.0 - latency, now=1.0)
+    assert load.ewma_us == pytest.approx(11_000)
+
+
+def test_the_retry_budget_allows_a_fifth_of_the_calls_plus_a_reserve():
+    budget = RetryBudget(RetryPolicy(budget_ratio=0.2, budget_min_per_second=1, budget_window=10))
+    now = 5000.0
+    for _ in range(100):
+        budget.record_call(now)
+    spent = sum(budget.try_spend(now) for _ in range(100))
+    assert spent == 30  # 20% of 100 calls, plus the reserve of 1/s over 10 s
+    assert not budget.try_spend(now + 9.5)  # still inside the window
+    assert budget.try_spend(now + 11)  # the window moved past them
+
+
+def test_the_retry_policy_retries_unavailable_always_and_more_when_idempotent():
+    policy = RetryPolicy(idempotent_methods=frozenset({"pkg.Users/Get", "pkg.Files/*"}))
+    method = Method("/pkg.Users/Get", Kind.UNARY_UNARY, "client")
+    assert policy.is_idempotent(method)
+    assert policy.is_idempotent(Method("/pkg.Files/Put", Kind.UNARY_UNARY, "client"))
+    assert not policy.is_idempotent(Method("/pkg.Users/Delete", Kind.UNARY_UNARY, "client"))
+    assert policy.retryable(UNAVAILABLE, idempotent=False)
+    assert not policy.retryable(grpc.StatusCode.INTERNAL, idempotent=False)
+    assert policy.retryable(grpc.StatusCode.INTERNAL, idempotent=True)
+    assert not policy.retryable(grpc.StatusCode.INVALID_ARGUMENT, idempotent=True)
+    with pytest.raises(ValueError, match="max_attempts must be 1 or more"):
+        RetryPolicy(max_attempts=0)
+
+
+def test_five_failures_in_a_row_eject_and_probation_ejects_again_at_once():
+    outcomes = Outcomes()
+    assert not any(outcomes.record(UNAVAILABLE, 1.0) for _ in range(4))
+    assert outcomes.record(grpc.StatusCode.CANCELLED, 1.0) is False  # the caller's doing
+    assert outcomes.record(UNAVAILABLE, 1.0)
+    assert outcomes.eject(1.0) == 30
+    outcomes.readmit(31.0)
+    assert not outcomes.is_ejected()
+    assert outcomes.record(grpc.StatusCode.DEADLINE_EXCEEDED, 31.5)  # on probation
+    assert outcomes.eject(31.5) == 60  # longer each time
+    outcomes.readmit(91.5)
+    assert not outcomes.record(OK, 92.0)  # a success ends the probation
+    assert not outcomes.record(UNAVAILABLE, 92.1)
+
+
+def test_more_than_half_failing_calls_eject():
+    outcomes = Outcomes()
+    results = [outcomes.record(code, 1.0) for code in [OK, UNAVAILABLE] * 10 + [UNAVAILABLE]]
+    assert results[-1] and not any(results[:-1])  # 11 of 21 failed, never 5 in a row
+
+
+async def test_the_pool_never_ejects_more_than_half_and_readmits_later(monkeypatch):
+    monkeypatch.setattr(outlier, "BASE_EJECTION", 0.05)
+    endpoints = frozenset(framework.Endpoint("127.0.0.1", free_port()) for _ in range(4))
+    pool = SubchannelPool(
+        "test", lambda e: grpc.aio.insecure_channel(e.address), P2cEwmaPicker, lambda: None,
+        health_check=False,
+    )  # fmt: skip
+    pool.update(endpoints)
+    subchannels = list(pool.subchannels.values())
+    for subchannel in subchannels:
+        while not subchannel.outcomes.record(UNAVAILABLE, 1.0):
+            pass
+        pool._eject(subchannel)
+    assert sum(s.outcomes.is_ejected() for s in subchannels) == 2
+    await asyncio.sleep(0.15)
+    assert not any(s.outcomes.is_ejected() for s in subchannels)
+    assert all(s.outcomes.on_probation for s in subchannels[:2])
+    await pool.close(0)

@@ -1,0 +1,195 @@
+"""Retry on another endpoint, on the hot path (UnaryAttempts) and through middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+import framework
+from examples.greeter import greeter_pb2, greeter_pb2_grpc
+from examples.greeter.server import Greeter
+from framework.balancing.attempts import UnaryAttempts
+from framework.balancing.calls import ChainedCall
+
+from .support import start_greeter
+from .test_balancing import all_ready, hot_path_settings
+
+REQUEST = greeter_pb2.HelloRequest(name="retry")
+
+
+class Failing(Greeter):
+    """Fails every SayHello and every LotsOfReplies (before its first reply) with ``code``."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    calls = 0
+
+    async def SayHello(self, request, context):
+        self.calls += 1
+        await asyncio.sleep(request.delay_seconds)
+        await context.abort(self.code, f"{self.address} fails on purpose")
+
+    async def LotsOfReplies(self, request, context):
+        self.calls += 1
+        await context.abort(self.code, f"{self.address} fails on purpose")
+        yield  # an async generator, as the method it replaces
+
+
+@pytest.fixture
+async def servers():
+    started: list[Greeter] = []
+
+    async def start(service_class: type[Greeter] = Greeter, code=None) -> Greeter:
+        service = await start_greeter(service_class)
+        if code is not None:
+            service.code = code
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        await service.server.stop()
+
+
+def connect(*services: Greeter, **options: object) -> framework.BalancedChannel:
+    options.setdefault("settings", hot_path_settings())
+    target = "direct:///" + ",".join(s.address for s in services)
+    return framework.connect(target, balancer="round_robin", **options)
+
+
+async def ready(channel: framework.BalancedChannel) -> greeter_pb2_grpc.GreeterStub:
+    """A stub once every endpoint is READY (calls then take the hot path)."""
+    await channel.channel_ready()
+    await all_ready(channel, len(channel.endpoints))
+    return greeter_pb2_grpc.GreeterStub(channel)
+
+
+async def test_unavailable_is_retried_on_another_endpoint_on_the_hot_path(servers):
+    failing, healthy = await servers(Failing), await servers()
+    async with connect(failing, healthy) as channel:
+        stub = await ready(channel)
+        calls = [stub.SayHello(REQUEST) for _ in range(20)]
+        assert all(isinstance(call, UnaryAttempts) for call in calls)
+        replies = [await call for call in calls]
+        assert {reply.served_by for reply in replies} == {healthy.address}
+        assert failing.calls >= 5  # round robin sent it its share; each went on to the other
+        assert await calls[0].code() == grpc.StatusCode.OK
+        assert await calls[0].details() == ""
+
+
+async def test_other_codes_are_retried_only_for_idempotent_calls(servers):
+    failing = await servers(Failing, code=grpc.StatusCode.INTERNAL)
+    healthy = await servers()
+    async with connect(failing, healthy) as channel:
+        stub = await ready(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            for _ in range(4):
+                await stub.SayHello(REQUEST)
+        assert error.value.code() == grpc.StatusCode.INTERNAL
+        with framework.idempotent():
+            replies = [await stub.SayHello(REQUEST) for _ in range(10)]
+        assert {reply.served_by for reply in replies} == {healthy.address}
+    settings = hot_path_settings(idempotent_methods=["greeter.v1.Greeter/*"])
+    async with connect(failing, healthy, settings=settings) as channel:
+        stub = await ready(channel)
+        with framework.idempotent(False), pytest.raises(grpc.aio.AioRpcError):
+            for _ in range(4):
+                await stub.SayHello(REQUEST)
+        replies = [await stub.SayHello(REQUEST) for _ in range(10)]
+        assert {reply.served_by for reply in replies} == {healthy.address}
+
+
+async def test_a_call_gets_at_most_max_attempts_each_on_another_endpoint(servers):
+    failing = [await servers(Failing) for _ in range(4)]
+    async with connect(*failing, retry=framework.RetryPolicy(max_attempts=3)) as channel:
+        stub = await ready(channel)
+        before = sum(s.calls for s in failing)
+        call = stub.SayHello(REQUEST)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert sum(s.calls for s in failing) - before == 3
+        assert await call.code() == grpc.StatusCode.UNAVAILABLE
+        assert "fails on purpose" in await call.details()
+
+
+async def test_no_retry_starts_that_would_end_after_the_deadline(servers):
+    failing = [await servers(Failing) for _ in range(2)]
+    slow_retries = framework.RetryPolicy(first_backoff=2.0, max_backoff=2.0)
+    async with connect(*failing, retry=slow_retries) as channel:
+        stub = await ready(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.SayHello(REQUEST, timeout=0.5)
+        assert time.monotonic() - started < 0.5
+        assert sum(s.calls for s in failing) == 1
+
+
+async def test_retry_can_be_switched_off(servers):
+    failing, healthy = await servers(Failing), await servers()
+    async with connect(failing, healthy, retry=False) as channel:
+        stub = await ready(channel)
+        codes = set()
+        for _ in range(4):
+            try:
+                await stub.SayHello(REQUEST)
+            except grpc.aio.AioRpcError as error:
+                codes.add(error.code())
+        assert codes == {grpc.StatusCode.UNAVAILABLE}
+
+
+async def test_middleware_sees_each_attempt_and_streams_retry_before_a_first_reply(servers):
+    failing, healthy = await servers(Failing), await servers()
+    seen: list[tuple[str, int, str | None]] = []
+
+    class Record(framework.Middleware):
+        async def unary(self, ctx, request, call_next):
+            try:
+                return await call_next(ctx, request)
+            finally:
+                seen.append((ctx.method.name, ctx.state["attempt"], ctx.peer))
+
+        async def stream(self, ctx, request, call_next):
+            try:
+                async for reply in call_next(ctx, request):
+                    yield reply
+            finally:
+                seen.append((ctx.method.name, ctx.state["attempt"], ctx.peer))
+
+    async with connect(failing, healthy, middleware=[Record()]) as channel:
+        stub = await ready(channel)
+        seen.clear()
+        call = stub.SayHello(REQUEST)
+        assert isinstance(call, ChainedCall)
+        await call
+        await stub.SayHello(REQUEST)
+        replies = [r async for r in stub.LotsOfReplies(greeter_pb2.HelloRequest(count=2))]
+        assert len(replies) == 2
+        stream = stub.LotsOfReplies(greeter_pb2.HelloRequest(count=2))
+        assert len([r async for r in stream]) == 2
+    # round robin: one of each pair of calls went to the failing replica first, then retried
+    retried = [s for s in seen if s[1] == 2]
+    assert {name for name, _, _ in retried} == {"SayHello", "LotsOfReplies"}
+    assert {peer for _, _, peer in retried} == {healthy.address}
+    assert (("SayHello", 1, failing.address)) in seen
+
+
+async def test_a_default_deadline_set_by_middleware_holds_for_the_whole_call(servers):
+    failing = [await servers(Failing) for _ in range(2)]
+
+    class DefaultTimeout(framework.Middleware):  # as the Deadline middleware does for GZ_TIMEOUT
+        async def unary(self, ctx, request, call_next):
+            if ctx.deadline is None:
+                ctx.deadline = time.monotonic() + 0.5
+            return await call_next(ctx, request)
+
+    async with connect(*failing, middleware=[DefaultTimeout()]) as channel:
+        stub = await ready(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.SayHello(greeter_pb2.HelloRequest(delay_seconds=0.3))
+        # attempt 1 fails after 0.3 s; attempt 2 gets the 0.2 s left, not a new 0.5 s
+        assert time.monotonic() - started < 0.7
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

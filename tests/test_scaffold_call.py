@@ -1,0 +1,169 @@
+"""gz call and gz health against greeter processes, over direct:// and etcd://.
+
+The tests are plain functions: the gz commands run their own event loop (asyncio.run), as they
+do on the command line, so no loop may be running around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import pytest
+from click.testing import CliRunner
+
+from scaffold.cli import main
+
+from .support import ServerProcess
+
+
+def gz(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), input=stdin)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def replicas():
+    """Two greeter processes, SERVING, shared by the tests that leave them running."""
+    started = [ServerProcess().start(), ServerProcess().start()]
+    try:
+        for replica in started:
+            asyncio.run(replica.wait_serving())
+        yield started
+    finally:
+        for replica in started:
+            replica.kill()
+
+
+def direct(replicas) -> str:
+    return "direct:///" + ",".join(replica.address for replica in replicas)
+
+
+def test_call_every_kind_over_direct(replicas):
+    target = direct(replicas)
+    code, out, err = gz("call", target, "SayHello", '{"name": "gz"}')
+    assert code == 0, err
+    reply = json.loads(out)
+    assert reply["message"] == "Hello, gz!"
+    assert reply["servedBy"] in {replica.address for replica in replicas}
+    code, out, err = gz("call", target, "greeter.v1.Greeter/LotsOfReplies", '{"count": 2}')
+    assert code == 0, err
+    assert [json.loads(line)["message"] for line in out.splitlines()] == [
+        "Hello, ! (1/2)",
+        "Hello, ! (2/2)",
+    ]
+    code, out, err = gz(
+        "call", target, "Greeter.LotsOfGreetings", "-", stdin='[{"name": "a"}, {"name": "b"}]'
+    )
+    assert code == 0, err
+    assert json.loads(out)["message"] == "Hello, a, b!"
+
+
+def test_calls_are_balanced_over_the_endpoints(replicas):
+    served = set()
+    for _ in range(6):
+        code, out, err = gz("call", direct(replicas), "SayHello")
+        assert code == 0, err
+        served.add(json.loads(out)["servedBy"])
+    # each gz call is a new client; its first pick is spread over both replicas
+    assert served <= {replica.address for replica in replicas} and served
+
+
+@pytest.mark.parametrize(
+    ("method", "request_json", "says"),
+    [
+        ("Nope", "{}", "no service offers 'Nope'"),
+        ("greeter.v1.Greeter/Nope", "{}", "has no method 'Nope'"),
+        ("SayHello", "{not json", "the request is not JSON"),
+        ("SayHello", '{"nam": 1}', "greeter.v1.HelloRequest"),
+        ("SayHello", "[{}]", "takes one JSON object"),
+    ],
+)
+def test_bad_calls_exit_2_with_one_line(replicas, method, request_json, says):
+    code, _, err = gz("call", direct(replicas[:1]), method, request_json)
+    assert code == 2
+    assert err.startswith("gz: ") and err.count("\n") == 1 and says in err
+
+
+def test_a_failed_call_exits_1_naming_the_status(replicas):
+    code, _, err = gz(
+        "call", direct(replicas[:1]), "SayHello", '{"delaySeconds": 2}', "--timeout", "300ms"
+    )
+    assert code == 1
+    assert err.startswith("gz: /greeter.v1.Greeter/SayHello: DEADLINE_EXCEEDED")
+
+
+def test_health_over_direct(replicas):
+    code, out, err = gz("health", direct(replicas), "--service", "greeter.v1.Greeter")
+    assert code == 0, err
+    assert sorted(out.splitlines()) == sorted(f"{r.address} SERVING" for r in replicas)
+    code, out, err = gz("health", direct(replicas), "--service", "no.Such")
+    assert code == 1 and "2 of 2 endpoints not SERVING" in err
+    assert "SERVICE_UNKNOWN" in out
+
+
+def test_health_fails_when_one_endpoint_is_down_or_draining(server_process):
+    serving, down, draining = (server_process(GZ_SHUTDOWN_DRAIN="5s") for _ in range(3))
+    for replica in (serving, down, draining):
+        asyncio.run(replica.wait_serving())
+    draining.signal(signal.SIGTERM)
+    down.kill()
+    code, out, err = gz("health", direct([serving, down, draining]), "--timeout", "1s")
+    assert code == 1
+    statuses = dict(line.split() for line in out.splitlines())
+    assert statuses[serving.address] == "SERVING"
+    assert statuses[down.address] == "UNAVAILABLE"
+    assert statuses[draining.address] == "NOT_SERVING"
+    assert err == "gz: 2 of 3 endpoints not SERVING\n"
+
+
+def test_call_and_health_over_etcd(etcd, server_process):
+    env = {
+        "GZ_REGISTRY": "etcd",
+        "GZ_ETCD_ENDPOINTS": etcd.endpoint,
+        "GZ_ADVERTISE_HOST": "127.0.0.1",
+    }
+    replicas = [server_process(**env), server_process(**env)]
+    for replica in replicas:
+        asyncio.run(replica.wait_serving())
+    target = f"etcd://{etcd.endpoint}/greeter"
+    code, out, err = gz("health", target)
+    assert code == 0, err
+    assert sorted(out.splitlines()) == sorted(f"{r.address} SERVING" for r in replicas)
+    code, out, err = gz("call", target, "SayHello", '{"name": "etcd"}')
+    assert code == 0, err
+    assert json.loads(out)["message"] == "Hello, etcd!"
+    code, out, err = gz("resolve", target, "--json")
+    assert sorted(json.loads(out)["endpoints"]) == sorted(r.address for r in replicas)
+
+
+def test_bad_targets_exit_2():
+    for command in (["call", "nope://x", "SayHello"], ["health", "direct:///x"]):
+        code, _, err = gz(*command)
+        assert code == 2 and err.startswith("gz: bad target") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["new"],
+        ["new", "service"],
+        ["gen"],
+        ["run"],
+        ["kube"],
+        ["resolve"],
+        ["call"],
+        ["health"],
+    ],
+)
+def test_every_command_has_help(command):
+    code, out, _ = gz(*command, "--help")
+    assert code == 0 and out.startswith("Usage: gz")
+
+
+def test_shell_completion_script():
+    result = CliRunner().invoke(main, [], env={"_GZ_COMPLETE": "bash_source"}, prog_name="gz")
+    assert result.exit_code == 0
+    assert "_GZ_COMPLETE=bash_complete" in result.stdout
