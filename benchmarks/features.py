@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 
 import framework
+from framework.balancing.calls import ChainedCall
 
 from .harness import unary
 
@@ -37,14 +38,14 @@ def balancer_missing(name: str) -> str | None:
 
 
 async def takes_hot_path(channel: grpc.aio.Channel) -> bool:
-    """True when a unary call returns grpc's own call object: no gz middleware ran. The
-    observable difference between connect() with and without a middleware chain. The first call
-    waits for resolution through the chain anyway, so the second one tells."""
+    """True when a unary call skips the middleware chain: it returns grpc's own call object, or
+    the thin UnaryAttempts wrapper of the retry path. The first call waits for resolution
+    through the chain anyway, so the second one tells."""
     make_call = unary(channel)
     await make_call()
     call = make_call()
     await call
-    return type(call).__module__.startswith("grpc")
+    return not isinstance(call, ChainedCall)
 
 
 class PassThrough(framework.Middleware):

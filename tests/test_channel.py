@@ -180,10 +180,15 @@ async def test_states_from_idle_to_shutdown(server):
             await stub(channel).SayHello(Request(name="late"))
 
 
-async def test_calls_take_the_hot_path_once_resolved(server):
-    # The default client middleware (metrics, call log, deadline) is a chain: switched off here.
-    off = framework.ClientSettings(tracing=False, metrics=False, call_log=False, deadline=False)
-    async with framework.connect(f"direct:///{server.address}", settings=off) as channel:
+@pytest.mark.parametrize("defaults", [True, False], ids=["default-middleware", "none"])
+async def test_calls_take_the_hot_path_once_resolved(server, defaults: bool):
+    # The default client middleware (metrics, call log, deadline) only observes calls, so unary
+    # calls keep the hot path with it too.
+    settings = framework.ClientSettings(
+        tracing=defaults, metrics=defaults, call_log=defaults, deadline=defaults
+    )
+    target = f"direct:///{server.address}"
+    async with framework.connect(target, settings=settings, retry=False) as channel:
         first = stub(channel).SayHello(Request(name="first"))
         assert isinstance(first, ChainedCall)  # nothing resolved yet: it waits in the chain
         await first

@@ -23,10 +23,11 @@ UNAVAILABLE, OK = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK
 
 
 class FakeSubchannel:
-    """What a picker reads of a subchannel: its endpoint and its load."""
+    """What a picker reads of a subchannel: its endpoint, its address and its load."""
 
     def __init__(self, port: int, ewma_us: float = 1000.0, inflight: int = 0) -> None:
         self.endpoint = framework.Endpoint("127.0.0.1", port)
+        self.peer = self.endpoint.address
         self.load = Load(now=0.0)
         self.load.ewma_us, self.load.inflight, self.load.last_pick = ewma_us, inflight, 1e18
 

@@ -69,7 +69,7 @@ class UnaryAttempts(grpc.aio.UnaryUnaryCall):
         ctx = self._ctx = CallContext(owner.method, list(metadata or ()), self._deadline,
                                       self._peer, options=options)  # fmt: skip
         ctx.state.update({ATTEMPT: 1, TRIED_PEERS: [self._peer], IDEMPOTENT: self._idempotent})
-        return await owner.retry.retry_unary(ctx, self._request, owner.unary_endpoint, error)
+        return await owner.retry.retry_unary(ctx, self._request, owner.attempt_handler, error)
 
     def _latest_call(self) -> grpc.aio.Call:
         """The grpc call of the latest attempt."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +23,7 @@ import grpc
 from ..discovery import Endpoint, Resolver
 from ..middleware import CallContext, Kind, Method, Middleware, compose
 from ..middleware.chain import is_empty
+from ..middleware.outcome import begin_observers, call_observers, end_observers
 from ..middleware.retry import TRIED_PEERS, Retry, idempotent_override
 from .attempts import UnaryAttempts
 from .calls import ChainedCall, RequestQueue, announce_call, rpc_error
@@ -225,9 +227,11 @@ class _MultiCallable:
         "_direct",
         "_factory",
         "_handler",
+        "_observers",
         "_registered",
         "_serializer",
         "_unary",
+        "attempt_handler",
         "idempotent",
         "method",
         "retry",
@@ -249,9 +253,16 @@ class _MultiCallable:
         retry = channel.retry if channel.retry and channel.retry.applies_to(self.method) else None
         chain = channel._middleware if retry is None else (retry, *channel._middleware)
         self._handler = compose(chain, self.method, endpoint)
-        # The hot path: no middleware of the user's, and a retry (if any) that UnaryAttempts
-        # can do; a response stream with retries goes through the chain.
-        self._direct = is_empty(channel._middleware, self.method) and (retry is None or self._unary)
+        # The hot path: unary calls whose middleware only observes (begin/end around the grpc
+        # call, retries by UnaryAttempts), and other calls with no middleware and no retries.
+        observers = call_observers(channel._middleware, self.method) if self._unary else ()
+        if self._unary:
+            self._direct = observers is not None
+        else:
+            self._direct = is_empty(channel._middleware, self.method) and retry is None
+        self._observers = observers or ()
+        # What attempts after the first run through: the observers, then the endpoint.
+        self.attempt_handler = compose(self._observers, self.method, self.unary_endpoint)
         self.retry = retry if self._direct else None
         self.idempotent = retry is not None and retry.policy.is_idempotent(self.method)
 
@@ -270,21 +281,33 @@ class _MultiCallable:
         if timeout is None:
             timeout = self._channel.timeout
         pool = self._channel._pool
-        if self._direct and pool is not None and pool.picker is not None:
-            subchannel = pool.picker.pick()
-            callable_ = subchannel.callables.get(self) or self._bind(subchannel)
-            call = callable_(request, timeout=timeout, metadata=metadata, credentials=credentials,
-                             wait_for_ready=wait_for_ready, compression=compression)  # fmt: skip
-            now = subchannel.track(call, self._unary)
-            if self.retry is None:
-                return call
-            self.retry.budget.record_call(now)
-            return UnaryAttempts(
-                self, call, subchannel.endpoint.address, request,
-                None if timeout is None else now + timeout,
-                (metadata, credentials, wait_for_ready, compression), idempotent_override(),
-            )  # fmt: skip
-        return self._chained(request, timeout, metadata, credentials, wait_for_ready, compression)
+        if not (self._direct and pool is not None and pool.picker is not None):
+            return self._chained(request, timeout, metadata, credentials, wait_for_ready,
+                                 compression)  # fmt: skip
+        subchannel = pool.picker.pick()
+        callable_ = subchannel.callables.get(self) or self._bind(subchannel)
+        on_end = None
+        sent_metadata, deadline = metadata, None
+        if self._observers:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            ctx = CallContext(self.method, list(metadata or ()), deadline, subchannel.peer)
+            tokens = begin_observers(self._observers, ctx)
+            sent_metadata, deadline = ctx.metadata or None, ctx.deadline
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+            on_end = functools.partial(end_observers, self._observers, ctx, tokens)
+        call = callable_(request, timeout=timeout, metadata=sent_metadata, credentials=credentials,
+                         wait_for_ready=wait_for_ready, compression=compression)  # fmt: skip
+        now = subchannel.track(call, self._unary, on_end)
+        if self.retry is None:
+            return call
+        self.retry.budget.record_call(now)
+        if deadline is None and timeout is not None:
+            deadline = now + timeout
+        return UnaryAttempts(
+            self, call, subchannel.peer, request, deadline,
+            (metadata, credentials, wait_for_ready, compression), idempotent_override(),
+        )  # fmt: skip
 
     def _chained(self, request: Any, timeout: float | None, metadata: Any,
                  credentials: Any, wait_for_ready: Any,
@@ -310,7 +333,7 @@ class _MultiCallable:
             announce_call(ctx, None)
             raise
         callable_ = subchannel.callables.get(self) or self._bind(subchannel)
-        ctx.peer = subchannel.endpoint.address
+        ctx.peer = subchannel.peer
         timeout = None if ctx.deadline is None else max(0.0, ctx.deadline - time.monotonic())
         call = callable_(request, timeout=timeout, metadata=ctx.metadata or None, **ctx.options)
         subchannel.track(call, self._unary)

@@ -26,9 +26,9 @@ class Picker(ABC):
         by this picker's own rule; any subchannel if every one was tried. Used for retries."""
         for _ in range(2):  # cheap first: the usual pick is often another endpoint already
             subchannel = self.pick()
-            if subchannel.endpoint.address not in peers:
+            if subchannel.peer not in peers:
                 return subchannel
-        others = [s for s in self.subchannels if s.endpoint.address not in peers]
+        others = [s for s in self.subchannels if s.peer not in peers]
         return type(self)(others).pick() if others else self.pick()
 
 

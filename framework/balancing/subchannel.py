@@ -24,6 +24,8 @@ State = grpc.ChannelConnectivity
 ChangeListener = Callable[["Subchannel", bool], None]
 """Called with (subchannel, failed) after any change; failed: the connection was lost, could not
 be made, or the server stopped serving."""
+CallEndListener = Callable[[grpc.StatusCode], None]
+"""Told the status of a tracked call once it ended (the hot path's call observers)."""
 OutlierListener = Callable[["Subchannel"], None]
 """Called when a subchannel's recent calls say it should be ejected."""
 
@@ -42,7 +44,7 @@ class Subchannel:
 
     __slots__ = (
         "_health_channel", "_on_change", "_on_outlier", "_tasks", "callables", "channel",
-        "endpoint", "load", "outcomes", "serving", "state",
+        "endpoint", "load", "outcomes", "peer", "serving", "state",
     )  # fmt: skip
 
     def __init__(
@@ -53,6 +55,7 @@ class Subchannel:
         on_outlier: OutlierListener = lambda _: None,
     ) -> None:
         self.endpoint = endpoint
+        self.peer = endpoint.address  # host:port, as calls report it; made once, not per call
         self.channel = channel
         self.state = State.IDLE
         self.serving = True  # until the health service says otherwise
@@ -64,17 +67,20 @@ class Subchannel:
         self._tasks: list[asyncio.Task[None]] = []
         self._health_channel: grpc.aio.Channel | None = None
 
-    def track(self, call: Any, unary: bool) -> float:
+    def track(self, call: Any, unary: bool, on_end: CallEndListener | None = None) -> float:
         """Count ``call`` in flight until it ends, then learn from its latency (``unary``
-        calls only) and status. Returns the time it started (time.monotonic())."""
+        calls only) and status, and pass the status to ``on_end``. Returns the time it started
+        (time.monotonic())."""
         now = time.monotonic()
         load = self.load
         load.inflight += 1
         load.last_pick = now
-        call.add_done_callback(functools.partial(self._finished, now, unary))
+        call.add_done_callback(functools.partial(self._finished, now, unary, on_end))
         return now
 
-    def _finished(self, started_at: float, unary: bool, call: Any) -> None:
+    def _finished(
+        self, started_at: float, unary: bool, on_end: CallEndListener | None, call: Any
+    ) -> None:
         now = time.monotonic()
         self.load.inflight -= 1
         code = finished_code(call)
@@ -82,6 +88,8 @@ class Subchannel:
             self.load.finished(started_at, now)
         if code is not None and self.outcomes.record(code, now):
             self._on_outlier(self)
+        if on_end is not None:
+            on_end(code or grpc.StatusCode.UNKNOWN)
 
     def start(self, health_check: bool, health_channel: grpc.aio.Channel | None = None) -> None:
         """Watch the connection, and with health_check the server's health: over health_channel

@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .chain import CallContext, Method, Middleware, StreamHandler, UnaryHandler
+from .outcome import CallObserver
 
 _inherited: ContextVar[float | None] = ContextVar("gz_deadline", default=None)
 
@@ -66,21 +67,20 @@ class _ServerDeadline(Middleware):
             yield response
 
 
-class _ClientDeadline(Middleware):
+class _ClientDeadline(CallObserver):
+    """Sets the deadline as the call begins; as an observer it keeps unary calls on the
+    channel's fast path."""
+
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
 
-    def _apply(self, ctx: CallContext) -> None:
+    def begin(self, ctx: CallContext) -> None:
         if ctx.deadline is None and self.timeout is not None:
             ctx.deadline = time.monotonic() + self.timeout
         inherited = _inherited.get()
         if inherited is not None and (ctx.deadline is None or inherited < ctx.deadline):
             ctx.deadline = inherited
 
-    async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
-        self._apply(ctx)
-        return await call_next(ctx, request)
-
     def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
-        self._apply(ctx)
+        self.begin(ctx)  # nothing to do at the end, so no generator around the stream
         return call_next(ctx, request)

@@ -27,7 +27,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from ..discovery import Endpoint, Resolver
 from ..discovery.resolver import Listener
 from .chain import CallContext, Kind, Method, Middleware
-from .outcome import GO_CODE_NAMES, call_code
+from .outcome import GO_CODE_NAMES, CallObserver, call_code
 
 # prometheus.DefBuckets of the Go client, which go-grpc-prometheus uses.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -134,30 +134,37 @@ class Metrics(Middleware):
     """Counts and times every call of the methods it is composed into."""
 
     def for_method(self, method: Method) -> Middleware:
-        return _MethodMetrics(method, collector())
+        if method.kind is Kind.UNARY_UNARY:
+            return _UnaryMetrics(method, collector())
+        return _StreamingMetrics(method, collector())
 
 
-class _MethodMetrics(Middleware):
+class _UnaryMetrics(CallObserver):
+    """One request, one response: begin and end are all there is, so a client's unary calls
+    keep the channel's fast path."""
+
     def __init__(self, method: Method, grpc_collector: GrpcCollector) -> None:
         self.stats = grpc_collector.stats(method)
         self._picks = grpc_collector.picks if method.side == "client" else None
-        self._streaming_requests = method.kind.request_streaming
         self._server = method.side == "server"
+        self._one_request = not method.kind.request_streaming  # counted as the call begins
+        self._one_response = not method.kind.response_streaming  # counted as it ends well
 
-    def _begin(self) -> float:
-        stats = self.stats
-        stats.started += 1
-        if not self._streaming_requests:  # a single request is one message
+    def begin(self, ctx: CallContext) -> float:
+        self.stats.started += 1
+        if self._one_request:
             self._request_message()
         return time.perf_counter()
 
-    def _end(self, ctx: CallContext, started: float, error: BaseException | None) -> None:
+    def end(self, ctx: CallContext, started: float, error: BaseException | None) -> None:
         stats = self.stats
         stats.observe(time.perf_counter() - started)
         code = call_code(ctx, error)
         stats.handled[code] = stats.handled.get(code, 0) + 1
         if self._picks is not None and ctx.peer is not None:
             self._picks[ctx.peer] = self._picks.get(ctx.peer, 0) + 1
+        if error is None and self._one_response:
+            self._response()
 
     def _response(self) -> None:
         if self._server:
@@ -171,6 +178,10 @@ class _MethodMetrics(Middleware):
         else:
             self.stats.sent += 1
 
+
+class _StreamingMetrics(_UnaryMetrics):
+    """Streams also count each message as it goes."""
+
     async def _counted_requests(self, requests: Any) -> AsyncIterator[Any]:
         """Counts messages as they go; a client may stream its requests from a sync iterator."""
         if hasattr(requests, "__aiter__"):
@@ -183,30 +194,20 @@ class _MethodMetrics(Middleware):
                 yield request
 
     async def unary(self, ctx: CallContext, request: Any, call_next: Any) -> Any:
-        if self._streaming_requests:
-            request = self._counted_requests(request)
-        started = self._begin()
-        try:
-            response = await call_next(ctx, request)
-        except BaseException as error:
-            self._end(ctx, started, error)
-            raise
-        self._end(ctx, started, None)
-        self._response()
-        return response
+        return await super().unary(ctx, self._counted_requests(request), call_next)
 
     async def stream(self, ctx: CallContext, request: Any, call_next: Any) -> AsyncIterator[Any]:
-        if self._streaming_requests:
+        if not self._one_request:
             request = self._counted_requests(request)
-        started = self._begin()
+        started = self.begin(ctx)
         try:
             async for response in call_next(ctx, request):
                 self._response()
                 yield response
         except BaseException as error:  # GeneratorExit too: the consumer stopped early
-            self._end(ctx, started, error)
+            self.end(ctx, started, error)
             raise
-        self._end(ctx, started, None)
+        self.end(ctx, started, None)
 
 
 @functools.cache

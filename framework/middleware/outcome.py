@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
-from .chain import CallContext, Middleware, StreamHandler, UnaryHandler
+from .chain import CallContext, Method, Middleware, StreamHandler, UnaryHandler
 
 OK = grpc.StatusCode.OK
 
@@ -45,14 +46,19 @@ _UNK = grpc.StatusCode.UNKNOWN
 
 
 class CallObserver(Middleware):
-    """Base of middleware that only watch calls: ``begin`` when a call starts, ``end`` when it
-    ends, with whatever ``begin`` returned and the error the rest of the chain raised."""
+    """Base of middleware that need no await: ``begin`` when a call starts (it may still change
+    ``ctx.metadata`` and ``ctx.deadline``), ``end`` when it ends, with whatever ``begin``
+    returned and the error the rest of the chain raised.
+
+    A client chain made only of these (not overriding ``unary``) stays on the channel's fast
+    path for unary calls: begin and end are called around the grpc call itself, with no
+    coroutine or task of the chain's."""
 
     def begin(self, ctx: CallContext) -> Any:
         return None
 
     def end(self, ctx: CallContext, token: Any, error: BaseException | None) -> None:
-        raise NotImplementedError
+        return None
 
     async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
         token = self.begin(ctx)
@@ -73,3 +79,43 @@ class CallObserver(Middleware):
             self.end(ctx, token, error)
             raise
         self.end(ctx, token, None)
+
+
+def call_observers(
+    middleware: Sequence[Middleware], method: Method
+) -> tuple[CallObserver, ...] | None:
+    """The unary chain of ``method`` when every middleware in it is a plain CallObserver (run
+    by begin/end around the call), else None: the full chain is needed."""
+    observers = []
+    for item in middleware:
+        bound = item.for_method(method)
+        if bound is None or type(bound).unary is Middleware.unary:
+            continue  # compose() leaves it out too
+        if not isinstance(bound, CallObserver) or type(bound).unary is not CallObserver.unary:
+            return None
+        observers.append(bound)
+    return tuple(observers)
+
+
+class CallEnded(grpc.RpcError):
+    """The error observers are given for a call watched from outside a chain (its status)."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__(code.name)
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+
+def begin_observers(observers: Sequence[CallObserver], ctx: CallContext) -> list[Any]:
+    return [observer.begin(ctx) for observer in observers]
+
+
+def end_observers(
+    observers: Sequence[CallObserver], ctx: CallContext, tokens: list[Any], code: grpc.StatusCode
+) -> None:
+    """End every observer, innermost first, as a chain unwinding would."""
+    error = None if code is OK else CallEnded(code)
+    for index in range(len(observers) - 1, -1, -1):
+        observers[index].end(ctx, tokens[index], error)
