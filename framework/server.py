@@ -186,9 +186,9 @@ def _start_probes(host: str, port: int) -> ProbeServer:
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
-    """Keepalive set explicitly on both sides: gz clients ping every 30 s while calls are
-    active, and a gz server accepts pings every 10 s even without calls, so a client's pings
-    never earn a too_many_pings GOAWAY. GZ_MAX_CONNECTION_AGE closes connections gracefully
+    """Keepalive set explicitly on both sides: gz clients ping every 5 min while calls are
+    active, and a gz server accepts pings every 10 s even without calls, so no client's pings
+    earn a too_many_pings GOAWAY. GZ_MAX_CONNECTION_AGE closes connections gracefully
     after that age so that clients behind an L4 load balancer reconnect and spread."""
     options = [
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),

@@ -172,6 +172,7 @@ async def test_a_retried_call_has_one_span_per_attempt(relay, traced_client):
     attempts = children(spans, a_server["context"]["span_id"], "a", "SpanKind.CLIENT")
     attempts.sort(key=lambda span: span["start_time"])
     assert [s["attributes"]["rpc.grpc.status_code"] for s in attempts] == [14, 0]  # UNAVAILABLE
+    assert [s["attributes"]["gz.attempt"] for s in attempts] == [1, 2]
     assert [s["status"]["status_code"] for s in attempts] == ["ERROR", "UNSET"]
     for attempt, code in zip(attempts, (14, 0), strict=True):
         (b_server,) = children(spans, attempt["context"]["span_id"], "b", "SpanKind.SERVER")

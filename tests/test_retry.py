@@ -193,3 +193,37 @@ async def test_a_default_deadline_set_by_middleware_holds_for_the_whole_call(ser
         # attempt 1 fails after 0.3 s; attempt 2 gets the 0.2 s left, not a new 0.5 s
         assert time.monotonic() - started < 0.7
         assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_retries_keep_the_hot_path_with_default_middleware_and_are_counted(servers):
+    from prometheus_client import REGISTRY, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def counts() -> dict[tuple[str, str], float]:
+        found = {}
+        for family in text_string_to_metric_families(generate_latest(REGISTRY).decode()):
+            for sample in family.samples:
+                if sample.labels.get("grpc_method") == "SayHello":
+                    found[(sample.name, sample.labels.get("grpc_code", ""))] = sample.value
+        return found
+
+    failing, healthy = await servers(Failing), await servers()
+    async with connect(failing, healthy, settings=framework.ClientSettings()) as channel:
+        stub = await ready(channel)
+        before = counts()
+        calls = [stub.SayHello(REQUEST) for _ in range(10)]
+        assert all(isinstance(call, UnaryAttempts) for call in calls)  # metrics only observe
+        replies = [await call for call in calls]
+        assert {reply.served_by for reply in replies} == {healthy.address}
+        await asyncio.sleep(0)  # done-callbacks of the last attempts
+    after = counts()
+
+    def grew(name: str, code: str = "") -> float:
+        return after.get((name, code), 0) - before.get((name, code), 0)
+
+    retried = failing.calls
+    assert retried >= 3  # round robin sent it about half of the first attempts
+    assert grew("gz_client_retries_total") == retried
+    assert grew("grpc_client_handled_total", "Unavailable") == retried
+    assert grew("grpc_client_handled_total", "OK") == 10
+    assert grew("grpc_client_started_total") == 10 + retried

@@ -2,9 +2,9 @@
 
 Server: grpc_server_started_total, grpc_server_handled_total, grpc_server_handling_seconds,
 grpc_server_msg_received_total, grpc_server_msg_sent_total; the client has the grpc_client_* set.
-gz adds gz_resolver_endpoints{target}, gz_resolver_updates_total{target} and
-gz_balancer_picks_total{endpoint}. All of them are in prometheus_client's default registry, so a
-service's own metrics appear on the same /metrics page.
+gz adds gz_client_retries_total (attempts after the first), gz_resolver_endpoints{target},
+gz_resolver_updates_total{target} and gz_balancer_picks_total{endpoint}. All of them are in
+prometheus_client's default registry, so a service's own metrics appear on the same /metrics page.
 
 Calls are counted in plain integers per method, on the event loop thread that runs every chain,
 and turned into metric families only when /metrics is scraped: a call costs a few additions
@@ -28,6 +28,7 @@ from ..discovery import Endpoint, Resolver
 from ..discovery.resolver import Listener
 from .chain import CallContext, Kind, Method, Middleware
 from .outcome import GO_CODE_NAMES, CallObserver, call_code
+from .retry import ATTEMPT
 
 # prometheus.DefBuckets of the Go client, which go-grpc-prometheus uses.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -43,11 +44,11 @@ GRPC_TYPES = {
 class MethodStats:
     """The counts of one method on one side."""
 
-    __slots__ = ("buckets", "handled", "labels", "received", "sent", "started", "sum")
+    __slots__ = ("buckets", "handled", "labels", "received", "retries", "sent", "started", "sum")
 
     def __init__(self, method: Method) -> None:
         self.labels = (GRPC_TYPES[method.kind], method.service, method.name)
-        self.started = self.received = self.sent = 0
+        self.started = self.received = self.sent = self.retries = 0
         self.handled: dict[grpc.StatusCode, int] = {}
         self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
         self.sum = 0.0
@@ -114,6 +115,15 @@ class GrpcCollector:
                 received.add_metric(stat.labels, stat.received)
                 sent.add_metric(stat.labels, stat.sent)
             yield from (started, handled, handling, received, sent)
+        retries = CounterMetricFamily(
+            "gz_client_retries",
+            "Attempts after the first that gz clients made (each also counts as a started RPC).",
+            labels=labels,
+        )
+        for (stats_side, _), stat in stats:
+            if stats_side == "client":
+                retries.add_metric(stat.labels, stat.retries)
+        yield retries
         picks = CounterMetricFamily(
             "gz_balancer_picks", "Calls sent to each endpoint by gz clients.", labels=["endpoint"]
         )
@@ -154,6 +164,8 @@ class _UnaryMetrics(CallObserver):
         self.stats.started += 1
         if self._one_request:
             self._request_message()
+        if ATTEMPT in ctx.state and ctx.state[ATTEMPT] > 1:
+            self.stats.retries += 1
         return time.perf_counter()
 
     def end(self, ctx: CallContext, started: float, error: BaseException | None) -> None:

@@ -21,6 +21,7 @@ import grpc
 from ..settings import SettingsError
 from .chain import CallContext, Method, Middleware
 from .outcome import OK, CallObserver, call_code
+from .retry import ATTEMPT
 
 # The codes that make a *server* span an error (OpenTelemetry's gRPC conventions); on the client
 # every code but OK does.
@@ -155,8 +156,9 @@ class _ServerSpans(_Spans):
 
 class _ClientSpans(_Spans):
     def begin(self, ctx: CallContext) -> Any:
+        attributes = {**self._attributes, "gz.attempt": ctx.state.get(ATTEMPT, 1)}
         span = self._tracer.start_span(
-            self._name, kind=self._trace.SpanKind.CLIENT, attributes=self._attributes
+            self._name, kind=self._trace.SpanKind.CLIENT, attributes=attributes
         )
         # Not made current: the span context goes out in the metadata only.
         self._propagate.inject(ctx.metadata, self._trace.set_span_in_context(span), setter=_SETTER)
