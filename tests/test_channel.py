@@ -137,13 +137,19 @@ async def test_status_and_metadata_of_a_call(channel):
     assert call.done()
 
 
-async def test_a_failed_call_reports_its_status(channel):
+async def fails_unimplemented(channel: grpc.aio.Channel) -> grpc.aio.Call:
+    """Calls a method the server lacks; the call's status matches the error it raised."""
     call = channel.unary_unary(UNKNOWN_METHOD)(b"")
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
     assert await call.details() == raised.value.details()
+    return call
+
+
+async def test_a_failed_call_reports_its_status(channel):
+    await fails_unimplemented(channel)
 
 
 async def test_a_deadline_is_kept(channel):
@@ -297,12 +303,7 @@ async def test_client_middleware_sees_every_call_kind_and_adds_metadata(server):
 
 async def test_a_failed_call_through_middleware_reports_its_status(server):
     async with framework.connect(f"direct:///{server.address}", middleware=[Stamp()]) as channel:
-        call = channel.unary_unary(UNKNOWN_METHOD)(b"")
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await call
-        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert await call.details() == raised.value.details()
+        call = await fails_unimplemented(channel)
         assert ("x-stamp", "unary") not in as_pairs(await call.initial_metadata())
 
 
