@@ -225,6 +225,30 @@ async def test_no_endpoints_fails_fast_naming_the_target():
         assert "test:///nobody" in await call.details()
 
 
+class BrokenResolver(framework.Resolver):
+    """Dies before it resolves anything, the way a resolver's own bug would kill it."""
+
+    def __init__(self, death: BaseException) -> None:
+        self.target = "test:///broken"
+        self.death = death
+
+    async def watch(self, listener) -> None:
+        await asyncio.sleep(0)
+        raise self.death
+
+
+@pytest.mark.parametrize(
+    "death", [RuntimeError("boom"), asyncio.CancelledError()], ids=["error", "stray-cancel"]
+)
+async def test_a_resolver_that_dies_fails_calls_fast_instead_of_hanging(death):
+    async with framework.connect(BrokenResolver(death)) as channel:
+        call = stub(channel).SayHello(Request(name="orphan"), timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await asyncio.wait_for(call, 5)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "test:///broken: the resolver stopped" in raised.value.details()
+
+
 async def test_wait_for_ready_waits_for_an_endpoint(server):
     resolver = framework.ManualResolver([], target="test:///later")
     async with framework.connect(resolver) as channel:

@@ -108,6 +108,11 @@ class BalancedChannel(grpc.aio.Channel):
     async def _resolve(self, pool: SubchannelPool) -> None:
         try:
             await self._resolver.watch(pool)
+        except asyncio.CancelledError:
+            if not self._closed:  # cancelled by something inside it, not by close()
+                log.error("%s: the resolver was cancelled from inside", self.target)
+                pool.error(f"{self.target}: the resolver stopped (cancelled)")
+            raise
         except Exception as error:  # a broken resolver must not take the channel down
             log.exception("%s: the resolver stopped", self.target)
             pool.error(f"{self.target}: the resolver stopped: {error}")

@@ -102,9 +102,11 @@ class SubchannelPool:
         if not changed.done():
             changed.set_result(None)
 
-    async def wait_for_change(self) -> None:
-        """Return at the next picker rebuild or resolver error."""
-        await asyncio.shield(self._changed)
+    def wait_for_change(self) -> asyncio.Future[None]:
+        """Completes at the next picker rebuild or resolver error. The future is taken when this
+        is called, not when it is first awaited: a coroutine here would read it only once it
+        ran, and so could miss a change made in between (asyncio.wait_for schedules it)."""
+        return asyncio.shield(self._changed)
 
     def state(self) -> State:
         """The best state of any subchannel, as a plain channel would report it."""
