@@ -3,6 +3,8 @@ absent middleware costs: nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +26,7 @@ from framework.middleware.tracing import Tracing, configure_tracing
 
 from .support import ROOT
 
-SERVER_DEFAULTS = [Tracing, Metrics, CallLog, Recovery, Deadline]
+SERVER_DEFAULTS = [Tracing, Metrics, CallLog, Deadline, Recovery]
 CLIENT_DEFAULTS = [Tracing, Metrics, CallLog, Deadline]
 ALL_OFF = {"tracing": False, "metrics": False, "call_log": False, "deadline": False}
 
@@ -37,7 +39,7 @@ def test_the_defaults_in_order_and_the_optional_ones_in_their_place():
     assert kinds(server_middleware(framework.ServerSettings())) == SERVER_DEFAULTS
     everything = framework.ServerSettings(max_concurrency=10, auth_tokens="a,b")
     assert kinds(server_middleware(everything)) == [
-        Tracing, Metrics, CallLog, Recovery, Shedding, TokenAuth, Deadline,
+        Tracing, Metrics, CallLog, Deadline, Recovery, Shedding, TokenAuth,
     ]  # fmt: skip
     assert kinds(client_middleware(framework.ClientSettings())) == CLIENT_DEFAULTS
     with_token = framework.ClientSettings(auth_token="t")
@@ -99,3 +101,43 @@ def test_import_framework_loads_no_exporter_metrics_or_backend_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout  # fmt: skip
     assert out.strip() == "[]"
+
+
+def test_consecutive_observers_run_as_one_layer_in_order():
+    seen: list[str] = []
+
+    class Note(framework.middleware.CallObserver):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def begin(self, ctx):
+            seen.append(f"begin {self.name}")
+            return self.name
+
+        def end(self, ctx, token, error):
+            seen.append(f"end {token} {type(error).__name__ if error else 'ok'}")
+
+    class Wrap(framework.Middleware):
+        async def unary(self, ctx, request, call_next):
+            seen.append("wrap")
+            return await call_next(ctx, request)
+
+    async def endpoint(ctx, request):
+        if request == "fail":
+            raise ValueError(request)
+        return request
+
+    method = Method("/s.S/M", Kind.UNARY_UNARY, "server")
+    chain = compose([Note("a"), Note("b"), Wrap(), Note("c")], method, endpoint)
+    layers = 0
+    while isinstance(chain, functools.partial):
+        layers, chain = layers + 1, chain.keywords["call_next"]
+    assert layers == 3  # a and b share one layer; Wrap; c
+
+    handler = compose([Note("a"), Note("b"), Wrap(), Note("c")], method, endpoint)
+    assert asyncio.run(handler(None, "x")) == "x"
+    assert seen == ["begin a", "begin b", "wrap", "begin c", "end c ok", "end b ok", "end a ok"]
+    seen.clear()
+    with pytest.raises(ValueError):
+        asyncio.run(handler(None, "fail"))
+    assert seen[-3:] == ["end c ValueError", "end b ValueError", "end a ValueError"]

@@ -13,8 +13,7 @@ from typing import Any
 
 import grpc
 
-from .chain import CallContext, Method, Middleware
-from .outcome import CallObserver
+from .chain import CallContext, CallObserver, Method, Middleware
 
 TokenCheck = Callable[[str], bool | Awaitable[bool]]
 """Given the token of a call, True to let it through; may be ``async``."""

@@ -12,8 +12,8 @@ import time
 
 import grpc
 
-from .chain import CallContext
-from .outcome import OK, CallObserver, call_code
+from .chain import CallContext, CallObserver
+from .outcome import OK, call_code
 
 log = logging.getLogger("gz.call")
 # A library convention: in a process that has not set up logging (a command-line client), the

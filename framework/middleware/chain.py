@@ -123,17 +123,111 @@ class Middleware:
         return call_next(ctx, request)
 
 
+class CallObserver(Middleware):
+    """Base of middleware that need no await: ``begin`` when a call starts (it may still change
+    ``ctx.metadata`` and ``ctx.deadline``), ``end`` when it ends, with whatever ``begin``
+    returned and the error the rest of the chain raised (None when it raised nothing).
+
+    Consecutive observers in a chain run as one layer, and a client chain made only of these
+    (not overriding ``unary``) stays on the channel's fast path for unary calls: begin and end
+    are called around the grpc call itself, with no coroutine or task of the chain's."""
+
+    def begin(self, ctx: CallContext) -> Any:
+        return None
+
+    def end(self, ctx: CallContext, token: Any, error: BaseException | None) -> None:
+        return None
+
+    async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
+        return await _observe_unary((self,), ctx, request, call_next)
+
+    def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
+        return _observe_stream((self,), ctx, request, call_next)
+
+
+def begin_all(observers: Sequence[CallObserver], ctx: CallContext) -> list[Any]:
+    """Begin each observer in order; if one raises, those already begun are ended first."""
+    tokens: list[Any] = []
+    try:
+        for observer in observers:
+            tokens.append(observer.begin(ctx))
+    except BaseException as error:
+        end_all(observers, ctx, tokens, error)
+        raise
+    return tokens
+
+
+def end_all(
+    observers: Sequence[CallObserver], ctx: CallContext, tokens: list[Any],
+    error: BaseException | None,
+) -> None:  # fmt: skip
+    """End the observers that began, innermost first, as nested layers would unwind."""
+    for index in range(len(tokens) - 1, -1, -1):
+        observers[index].end(ctx, tokens[index], error)
+
+
+async def _observe_unary(
+    observers: Sequence[CallObserver], ctx: CallContext, request: Any, call_next: UnaryHandler
+) -> Any:
+    tokens = begin_all(observers, ctx)
+    try:
+        response = await call_next(ctx, request)
+    except BaseException as error:
+        end_all(observers, ctx, tokens, error)
+        raise
+    end_all(observers, ctx, tokens, None)
+    return response
+
+
+async def _observe_stream(
+    observers: Sequence[CallObserver], ctx: CallContext, request: Any, call_next: StreamHandler
+) -> AsyncIterator[Any]:
+    tokens = begin_all(observers, ctx)
+    try:
+        async for response in call_next(ctx, request):
+            yield response
+    except BaseException as error:  # GeneratorExit too: the consumer stopped early
+        end_all(observers, ctx, tokens, error)
+        raise
+    end_all(observers, ctx, tokens, None)
+
+
+class _Observers(Middleware):
+    """Several consecutive observers of one chain as one layer: one coroutine, not one each."""
+
+    def __init__(self, observers: Sequence[CallObserver]) -> None:
+        self.observers = tuple(observers)
+
+    async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
+        return await _observe_unary(self.observers, ctx, request, call_next)
+
+    def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
+        return _observe_stream(self.observers, ctx, request, call_next)
+
+
 def compose(
     middleware: Sequence[Middleware], method: Method, endpoint: UnaryHandler | StreamHandler
 ) -> UnaryHandler | StreamHandler:
     """The handler that runs ``middleware`` in order around ``endpoint`` for ``method``."""
     hook = "stream" if method.kind.response_streaming else "unary"
-    base = getattr(Middleware, hook)
-    handler = endpoint
-    for item in reversed(middleware):
+    base, plain_observer = getattr(Middleware, hook), getattr(CallObserver, hook)
+    layers: list[Middleware | list[CallObserver]] = []
+    for item in middleware:
         bound = item.for_method(method)
-        if bound is not None and getattr(type(bound), hook) is not base:
-            handler = functools.partial(getattr(bound, hook), call_next=handler)
+        if bound is None or getattr(type(bound), hook) is base:
+            continue
+        if isinstance(bound, CallObserver) and getattr(type(bound), hook) is plain_observer:
+            if layers and isinstance(layers[-1], list):
+                layers[-1].append(bound)
+            else:
+                layers.append([bound])
+        else:
+            layers.append(bound)
+    handler = endpoint
+    for layer in reversed(layers):
+        if isinstance(layer, list):
+            layer = layer[0] if len(layer) == 1 else _Observers(layer)
+        handler = functools.partial(getattr(layer, hook), call_next=handler)
     return handler
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
-from .chain import CallContext, Method, Middleware, StreamHandler, UnaryHandler
-from .outcome import CallObserver
+from .chain import CallContext, CallObserver, Method, Middleware, StreamHandler
 
 _inherited: ContextVar[float | None] = ContextVar("gz_deadline", default=None)
 
@@ -50,18 +49,17 @@ class Deadline(Middleware):
         return _ClientDeadline(timeout)
 
 
-class _ServerDeadline(Middleware):
-    async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
-        if ctx.deadline is None:
-            return await call_next(ctx, request)
-        token = _inherited.set(ctx.deadline)
-        try:
-            return await call_next(ctx, request)
-        finally:
+class _ServerDeadline(CallObserver):
+    def begin(self, ctx: CallContext) -> Token[float | None] | None:
+        return None if ctx.deadline is None else _inherited.set(ctx.deadline)
+
+    def end(self, ctx: CallContext, token: Token[float | None] | None, error: object) -> None:
+        if token is not None:
             _inherited.reset(token)
 
     async def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
-        # Each server call runs in a task of its own, so the value cannot leak to other calls.
+        # Each server call runs in a task of its own, so the value cannot leak to other calls;
+        # not reset, as a generator may be closed from another context.
         _inherited.set(ctx.deadline)
         async for response in call_next(ctx, request):
             yield response

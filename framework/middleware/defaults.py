@@ -1,7 +1,7 @@
 """The middleware every gz server and client gets, chosen by settings (docs/middleware.md).
 
-Order, outermost first. Server: tracing, metrics, call log, recovery, shedding, auth, deadline,
-then the service's own middleware. Client: tracing, metrics, call log, auth, deadline, then the
+Order, outermost first. Server: tracing, metrics, call log, deadline, recovery, shedding, auth,
+then the service's own middleware (the first four are call observers and run as one layer). Client: tracing, metrics, call log, auth, deadline, then the
 caller's middleware. A middleware switched off by its setting is not in the list at all.
 """
 
@@ -16,6 +16,8 @@ from .deadline import Deadline
 def server_middleware(settings: ServerSettings, service_name: str = "") -> list[Middleware]:
     """The default server chain for ``settings``."""
     chain: list[Middleware] = [*_observing(settings, service_name)]
+    if settings.deadline:
+        chain.append(Deadline())
     if settings.recovery:
         from .recovery import Recovery
 
@@ -28,8 +30,6 @@ def server_middleware(settings: ServerSettings, service_name: str = "") -> list[
         from .auth import TokenAuth
 
         chain.append(TokenAuth(settings.auth_tokens))
-    if settings.deadline:
-        chain.append(Deadline())
     return chain
 
 

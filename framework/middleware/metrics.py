@@ -26,8 +26,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 
 from ..discovery import Endpoint, Resolver
 from ..discovery.resolver import Listener
-from .chain import CallContext, Kind, Method, Middleware
-from .outcome import GO_CODE_NAMES, CallObserver, call_code
+from .chain import CallContext, CallObserver, Kind, Method, Middleware
+from .outcome import GO_CODE_NAMES, call_code
 from .retry import ATTEMPT
 
 # prometheus.DefBuckets of the Go client, which go-grpc-prometheus uses.

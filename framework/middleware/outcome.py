@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from .chain import CallContext, Method, Middleware, StreamHandler, UnaryHandler
+from .chain import CallContext, CallObserver, Method, Middleware, begin_all, end_all
 
 OK = grpc.StatusCode.OK
 
@@ -45,42 +45,6 @@ def call_code(ctx: CallContext, error: BaseException | None) -> grpc.StatusCode:
 _UNK = grpc.StatusCode.UNKNOWN
 
 
-class CallObserver(Middleware):
-    """Base of middleware that need no await: ``begin`` when a call starts (it may still change
-    ``ctx.metadata`` and ``ctx.deadline``), ``end`` when it ends, with whatever ``begin``
-    returned and the error the rest of the chain raised.
-
-    A client chain made only of these (not overriding ``unary``) stays on the channel's fast
-    path for unary calls: begin and end are called around the grpc call itself, with no
-    coroutine or task of the chain's."""
-
-    def begin(self, ctx: CallContext) -> Any:
-        return None
-
-    def end(self, ctx: CallContext, token: Any, error: BaseException | None) -> None:
-        return None
-
-    async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
-        token = self.begin(ctx)
-        try:
-            response = await call_next(ctx, request)
-        except BaseException as error:
-            self.end(ctx, token, error)
-            raise
-        self.end(ctx, token, None)
-        return response
-
-    async def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
-        token = self.begin(ctx)
-        try:
-            async for response in call_next(ctx, request):
-                yield response
-        except BaseException as error:  # GeneratorExit too: the consumer stopped early
-            self.end(ctx, token, error)
-            raise
-        self.end(ctx, token, None)
-
-
 def call_observers(
     middleware: Sequence[Middleware], method: Method
 ) -> tuple[CallObserver, ...] | None:
@@ -108,14 +72,11 @@ class CallEnded(grpc.RpcError):
         return self._code
 
 
-def begin_observers(observers: Sequence[CallObserver], ctx: CallContext) -> list[Any]:
-    return [observer.begin(ctx) for observer in observers]
+begin_observers = begin_all
 
 
 def end_observers(
     observers: Sequence[CallObserver], ctx: CallContext, tokens: list[Any], code: grpc.StatusCode
 ) -> None:
-    """End every observer, innermost first, as a chain unwinding would."""
-    error = None if code is OK else CallEnded(code)
-    for index in range(len(observers) - 1, -1, -1):
-        observers[index].end(ctx, tokens[index], error)
+    """End every observer of a call watched from outside a chain, given its status."""
+    end_all(observers, ctx, tokens, None if code is OK else CallEnded(code))

@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 
 from ..settings import SettingsError
-from .chain import CallContext, Method, Middleware
-from .outcome import OK, CallObserver, call_code
+from .chain import CallContext, CallObserver, Method, Middleware
+from .outcome import OK, call_code
 from .retry import ATTEMPT
 
 # The codes that make a *server* span an error (OpenTelemetry's gRPC conventions); on the client
