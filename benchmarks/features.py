@@ -13,6 +13,9 @@ from .harness import unary
 # Client settings that switch the default middleware off, each used only if the framework has it.
 MIDDLEWARE_OFF = {"tracing": False, "metrics": False, "call_log": False, "deadline": False,
                   "retry": False, "retry_max_attempts": 1}  # fmt: skip
+# Server environment that switches the default server middleware off.
+SERVER_MIDDLEWARE_OFF = {f"GZ_{name}": "false" for name in
+                         ("TRACING", "METRICS", "CALL_LOG", "DEADLINE", "RECOVERY")}  # fmt: skip
 
 
 def client_settings(**wanted: object) -> framework.ClientSettings | None:

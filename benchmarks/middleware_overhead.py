@@ -13,55 +13,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
-from pathlib import Path
 
 import grpc
 
 import framework
-from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from tests.support import ServerProcess
 
+from .features import SERVER_MIDDLEWARE_OFF
+from .harness import Samples, load_round, process_cpu, unary
+
 DEFAULTS_OFF = {"tracing": False, "metrics": False, "call_log": False, "deadline": False}
-SERVER_DEFAULTS_OFF = {f"GZ_{key.upper()}": "false" for key in (*DEFAULTS_OFF, "recovery")}
 
 
-REQUEST = greeter_pb2.HelloRequest(name="bench")
-
-
-async def unary_round(stub: greeter_pb2_grpc.GreeterStub, calls: int, concurrency: int) -> float:
+async def unary_round(channel: grpc.aio.Channel, calls: int, concurrency: int) -> float:
     """Calls per second of ``calls`` unary calls made by ``concurrency`` workers."""
-    per_worker = calls // concurrency
-
-    async def worker() -> None:
-        for _ in range(per_worker):
-            await stub.SayHello(REQUEST)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return per_worker * concurrency / (time.perf_counter() - started)
+    samples = Samples()
+    await load_round(unary(channel), calls, concurrency, samples)
+    return samples.rates[0]
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def alternate(stubs: dict, rounds: int, calls: int, concurrency: int, pids=None) -> dict:
-    """Per stub: median calls/s, and the median over rounds of its CPU per call divided by raw's
-    in the same round (this process's CPU, or each stub's server process when ``pids`` is given).
-    Rounds rotate the order, so a noisy neighbour hits every stub alike."""
-    rates: dict[str, list[float]] = {name: [] for name in stubs}
-    cpu: dict[str, list[float]] = {name: [] for name in stubs}
-    names = list(stubs)
+async def alternate(channels: dict, rounds: int, calls: int, concurrency: int, pids=None) -> dict:
+    """Per channel: median calls/s, and the median over rounds of its CPU per call divided by
+    raw's in the same round (this process's CPU, or each channel's server process when ``pids``
+    is given). Rounds rotate the order, so a noisy neighbour hits every channel alike."""
+    rates: dict[str, list[float]] = {name: [] for name in channels}
+    cpu: dict[str, list[float]] = {name: [] for name in channels}
+    names = list(channels)
     for index in range(rounds):
         for name in names[index % len(names) :] + names[: index % len(names)]:
             clock = (lambda n=name: process_cpu(pids[n])) if pids else time.process_time
             before = clock()
-            rates[name].append(await unary_round(stubs[name], calls, concurrency))
+            rates[name].append(await unary_round(channels[name], calls, concurrency))
             cpu[name].append((clock() - before) / (calls // concurrency * concurrency))
     return {
         name: (
@@ -69,7 +53,7 @@ async def alternate(stubs: dict, rounds: int, calls: int, concurrency: int, pids
             statistics.median(cpu[name]) * 1e6,
             statistics.median(c / raw for c, raw in zip(cpu[name], cpu["raw"], strict=True)),
         )
-        for name in stubs
+        for name in channels
     }
 
 
@@ -90,11 +74,10 @@ async def client_side(rounds: int, calls: int, concurrency: int) -> dict:
 
 
 async def measure(channels: dict, rounds: int, calls: int, concurrency: int, pids=None) -> dict:
-    stubs = {name: greeter_pb2_grpc.GreeterStub(channel) for name, channel in channels.items()}
-    for stub in stubs.values():  # warm up connections and code paths
-        await unary_round(stub, 500, 8)
+    for channel in channels.values():  # warm up connections and code paths
+        await unary_round(channel, 500, 8)
     try:
-        return await alternate(stubs, rounds, calls, concurrency, pids)
+        return await alternate(channels, rounds, calls, concurrency, pids)
     finally:
         for channel in channels.values():
             await channel.close()
@@ -104,7 +87,7 @@ async def server_side(rounds: int, calls: int, concurrency: int) -> dict:
     servers = {
         "raw": ServerProcess("-m", "benchmarks.raw_server"),
         "gz defaults": ServerProcess(GZ_LOG_LEVEL="WARNING"),
-        "gz defaults off": ServerProcess(GZ_LOG_LEVEL="WARNING", **SERVER_DEFAULTS_OFF),
+        "gz defaults off": ServerProcess(GZ_LOG_LEVEL="WARNING", **SERVER_MIDDLEWARE_OFF),
     }
     try:
         for server in servers.values():

@@ -24,8 +24,8 @@ import grpc
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from tests.support import ServerProcess
 
-DEFAULTS_OFF = {f"GZ_{name}": "false" for name in
-                ("TRACING", "METRICS", "CALL_LOG", "DEADLINE", "RECOVERY")}  # fmt: skip
+from .features import SERVER_MIDDLEWARE_OFF
+
 GZ_FRAMES = ("framework/middleware", "framework/server")
 
 
@@ -70,7 +70,7 @@ def main() -> None:
 
 
 async def profile(py_spy: str, seconds: float, defaults_off: bool) -> None:
-    env = {"GZ_LOG_LEVEL": "WARNING", **(DEFAULTS_OFF if defaults_off else {})}
+    env = {"GZ_LOG_LEVEL": "WARNING", **(SERVER_MIDDLEWARE_OFF if defaults_off else {})}
     server = ServerProcess(**env).start()
     try:
         await server.wait_serving()

@@ -35,7 +35,7 @@ class Server:
     """Runs one Service: ``start()``, then ``stop()`` in the documented shutdown order.
 
     The service's ``middleware`` runs inside gz's default chain (tracing, metrics, call log,
-    recovery, shedding, auth, deadline as settings choose); ``default_middleware=False`` leaves
+    deadline, recovery, shedding, auth as settings choose); ``default_middleware=False`` leaves
     only the service's own.
     """
 

@@ -22,9 +22,8 @@ from framework.durations import parse_duration
 
 from . import call as calling
 from . import endpoints, gen, health, kube
-from .errors import BadInput
+from .errors import BadInput, Failed
 from .kube_objects import Shutdown
-from .names import kube_name
 from .new import REGISTRY_MODES, NewService, create
 from .project import find_project, require_project
 
@@ -62,7 +61,7 @@ class OneLineErrors(click.Group):
             click.echo(f"gz: {error.format_message()} (see {where} --help)", err=True)
             sys.exit(2)
         except click.ClickException as error:
-            error.show()
+            click.echo(f"gz: {error.format_message()}", err=True)
             sys.exit(error.exit_code)
         except click.Abort:
             click.echo("gz: aborted", err=True)
@@ -159,9 +158,11 @@ def run(service: str | None, reload: bool) -> None:
     service of the project's pyproject.toml. Settings come from GZ_* environment variables;
     SIGTERM drains and exits 0.
     """
-    project = find_project()
     if service is None:
-        service = require_project("gz run").service
+        project = require_project("gz run")
+        service = project.service
+    else:
+        project = find_project()
     root = project.root if project is not None else Path.cwd()
     service_class = load_service(service, root)  # bad input fails here, before any child
     if reload:
@@ -267,8 +268,6 @@ def kube_command(
     client: str,
     client_image: str,
 ) -> None:
-    kube_name(name)
-    kube_name(namespace)
     if metrics_port and metrics_port == port:
         raise BadInput(f"--metrics-port {metrics_port} is also --port; pick another one")
     for label, value in (("--image", image), ("--envoy-image", envoy_image)):
@@ -396,9 +395,9 @@ def health_command(target: str, service: str, timeout: float) -> None:
         click.echo(f"{address} {status}")
     bad = [address for address, status in statuses.items() if status != "SERVING"]
     if not statuses:
-        raise health.NotHealthy(f"{resolver.target}: no endpoints")
+        raise Failed(f"{resolver.target}: no endpoints")
     if bad:
-        raise health.NotHealthy(f"{len(bad)} of {len(statuses)} endpoints not SERVING")
+        raise Failed(f"{len(bad)} of {len(statuses)} endpoints not SERVING")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The one error every gz command raises for bad input: exit 2 with one ``gz: ...`` line."""
+"""The errors gz commands raise; gz prints each as one ``gz: ...`` line (cli.OneLineErrors)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,8 @@ class BadInput(click.ClickException):
 
     exit_code = 2
 
-    def show(self, file: object = None) -> None:
-        click.echo(f"gz: {self.format_message()}", err=True)
-
 
 class Failed(click.ClickException):
     """Exit 1 with one line: the input was fine, the world was not (a call failed, a check)."""
 
     exit_code = 1
-
-    def show(self, file: object = None) -> None:
-        click.echo(f"gz: {self.format_message()}", err=True)

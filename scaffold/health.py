@@ -9,8 +9,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from framework.discovery import Endpoint
 
-from .errors import Failed
-
 STATUS_NAMES = health_pb2.HealthCheckResponse.ServingStatus.Name
 
 
@@ -33,7 +31,3 @@ async def check_all(endpoints: frozenset[Endpoint], service: str, timeout: float
     ordered = sorted(endpoints)
     statuses = await asyncio.gather(*(check(e, service, timeout) for e in ordered))
     return {endpoint.address: status for endpoint, status in zip(ordered, statuses, strict=True)}
-
-
-class NotHealthy(Failed):
-    """Exit 1: some endpoint is not SERVING (or there is none)."""

@@ -119,8 +119,8 @@ def client_target(spec: KubeSpec) -> str:
 
 
 def build(spec: KubeSpec) -> list[Manifest]:
-    for name in (spec.name, f"{spec.name}-envoy", spec.client_name):
-        kube_name(name)  # derived names must be valid too
+    for name in (spec.name, spec.namespace, f"{spec.name}-envoy", spec.client_name):
+        kube_name(name)  # the namespace and derived names must be valid too
     manifests = _MODES[spec.mode](spec)
     header = f"gz kube {spec.mode}: {MODES[spec.mode]}.\nClients target {client_target(spec)}"
     if spec.mode in PROXIED:

@@ -36,8 +36,8 @@ class Shutdown:
         return self.drain + self.grace
 
 
-def metadata(name: str, namespace: str, app: str, **extra: Any) -> Object:
-    return {"name": name, "namespace": namespace, "labels": {NAME_LABEL: app}, **extra}
+def metadata(name: str, namespace: str, app: str) -> Object:
+    return {"name": name, "namespace": namespace, "labels": {NAME_LABEL: app}}
 
 
 def env_value(name: str, value: str) -> Object:
@@ -116,7 +116,6 @@ class PodSpec:
     shutdown: Shutdown
     init_containers: list[Object] = field(default_factory=list)
     volumes: list[Object] = field(default_factory=list)
-    service_account: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     run_as_user: int = RUN_AS_USER
@@ -136,10 +135,7 @@ def deployment(name: str, namespace: str, replicas: int, pod: PodSpec) -> Object
         spec["initContainers"] = pod.init_containers
     if pod.volumes:
         spec["volumes"] = pod.volumes
-    if pod.service_account:
-        spec["serviceAccountName"] = pod.service_account
-    else:  # nothing in the pod talks to the API server
-        spec["automountServiceAccountToken"] = False
+    spec["automountServiceAccountToken"] = False  # nothing in the pod talks to the API server
     template_metadata: Object = {"labels": {NAME_LABEL: name, **pod.labels}}
     if pod.annotations:
         template_metadata["annotations"] = pod.annotations

@@ -42,15 +42,14 @@ def create(request: NewService) -> list[Path]:
     source = read_proto(request.proto) if request.proto is not None else None  # before writing
     package_dir = root / request.package
     package_dir.mkdir(parents=True, exist_ok=True)
-    proto = _place_proto(request, source, package_dir)
+    names = {"name": name, "package": request.package, "class_name": class_name(name)}
+    proto = _place_proto(source, package_dir, names)
     written = [*gen.generate([proto.path, *proto.siblings])]
     spec = kube.KubeSpec(
         mode=REGISTRY_MODES[request.registry], name=name, image=f"{name}:0.1.0", port=PORT
     )
     context = {
-        "name": name,
-        "package": request.package,
-        "class_name": class_name(name),
+        **names,
         "proto": proto,
         "example": request.proto is None,
         "registry": request.registry,
@@ -79,16 +78,11 @@ def create(request: NewService) -> list[Path]:
     return sorted({path.resolve().relative_to(root) for path in written})
 
 
-def _place_proto(request: NewService, source: ProtoFile | None, package_dir: Path) -> ProtoFile:
+def _place_proto(source: ProtoFile | None, package_dir: Path, names: dict[str, str]) -> ProtoFile:
     """Copy the user's proto (and the sibling protos it imports), or write the example."""
     if source is None:
-        target = package_dir / f"{request.package}.proto"
-        context = {
-            "name": request.name,
-            "package": request.package,
-            "class_name": class_name(request.name),
-        }
-        target.write_text(render("service/proto.j2", **context), encoding="utf-8")
+        target = package_dir / f"{names['package']}.proto"
+        target.write_text(render("service/proto.j2", **names), encoding="utf-8")
         return read_proto(target)
     for path in (source.path, *source.siblings):
         destination = package_dir / path.name

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
+if TYPE_CHECKING:
+    import jinja2
 
 
 @functools.cache
 def environment() -> jinja2.Environment:
+    import jinja2  # only gz new and the envoy modes of gz kube render: keep gz start-up light
+
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("scaffold", "templates"),
         undefined=jinja2.StrictUndefined,  # a missing variable is a bug, never an empty string

@@ -1,14 +1,19 @@
-"""Helpers shared by the tests: free ports, in-process greeter servers, server processes."""
+"""Helpers shared by the tests: free ports, in-process greeter servers, server processes, polling,
+a resolver Listener that records what it is told, and the gz command run in this process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import framework
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
+from framework.discovery import Endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +32,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def gz(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    """Run the gz command in this process: (exit code, stdout, stderr)."""
+    from click.testing import CliRunner  # only the CLI tests need click and scaffold
+
+    from scaffold.cli import main as gz_main
+
+    result = CliRunner().invoke(gz_main, list(args), input=stdin)
+    return result.exit_code, result.stdout, result.stderr
 
 
 async def start_greeter(service_class: type[Greeter] = Greeter, **settings: object) -> Greeter:
@@ -53,6 +69,74 @@ async def say_hello(channel: grpc.aio.Channel, name: str = "test", **kwargs: obj
     return await greeter_pb2_grpc.GreeterStub(channel).SayHello(
         greeter_pb2.HelloRequest(name=name, **kwargs)
     )
+
+
+async def count_replicas(channel: grpc.aio.Channel, calls: int) -> Counter[str]:
+    """Which replica served each of ``calls`` concurrent SayHello calls."""
+    replies = await asyncio.gather(*(say_hello(channel) for _ in range(calls)))
+    return Counter(reply.served_by for reply in replies)
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout: float,
+    what: str = "true",
+    poll: float = 0.02,
+) -> float:
+    """Poll until ``condition()`` (plain or async) holds; the seconds it took. Fails after
+    ``timeout`` seconds."""
+    started = time.monotonic()
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return time.monotonic() - started
+        elapsed = time.monotonic() - started
+        assert elapsed < timeout, f"not {what} within {timeout}s"
+        await asyncio.sleep(poll)
+
+
+class Recorder:
+    """A resolver Listener that keeps every endpoint set, the time each arrived, and every
+    error."""
+
+    def __init__(self) -> None:
+        self.updates: list[frozenset[Endpoint]] = []
+        self.arrived: list[float] = []  # time.monotonic() of each update
+        self.errors: list[str] = []
+        self._changed = asyncio.Event()
+
+    def update(self, endpoints: frozenset[Endpoint]) -> None:
+        self.updates.append(endpoints)
+        self.arrived.append(time.monotonic())
+        self._changed.set()
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+        self._changed.set()
+
+    @property
+    def current(self) -> set[str]:
+        """The addresses of the last set (empty before the first)."""
+        return {e.address for e in self.updates[-1]} if self.updates else set()
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> float:
+        """Wait until ``condition()`` holds; the time the last set arrived."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                last = sorted(self.current) if len(self.current) <= 8 else len(self.current)
+                raise AssertionError(f"timed out; last set: {last}, errors: {self.errors}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return self.arrived[-1] if self.arrived else time.monotonic()
+
+    async def wait_for_set(self, expected: set[str], timeout: float = 5.0) -> float:
+        """Wait until the last set is exactly ``expected``; the time it arrived."""
+        return await self.wait_for(lambda: self.current == expected, timeout)
 
 
 class ServerProcess:

@@ -18,7 +18,7 @@ import pytest
 import framework
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 
-from .support import ServerProcess, say_hello
+from .support import ServerProcess, say_hello, wait_until
 
 REPLICA = ("-m", "tests.replica")
 SAY_HELLO = "greeter.v1.Greeter/SayHello"
@@ -40,16 +40,6 @@ async def start_replicas(server_process, count: int, **env: str) -> list[ServerP
 
 def direct(processes: list[ServerProcess]) -> str:
     return "direct:///" + ",".join(p.address for p in processes)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until condition() holds; the seconds it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not {what} after {timeout}s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 async def all_ready(channel: framework.BalancedChannel, count: int) -> None:

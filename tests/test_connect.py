@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections import Counter
 
 import grpc
 
 import framework
 
-from .support import say_hello, start_greeter
-
-
-async def count_replicas(channel: grpc.aio.Channel, calls: int) -> Counter[str]:
-    replies = await asyncio.gather(*(say_hello(channel) for _ in range(calls)))
-    return Counter(reply.served_by for reply in replies)
+from .support import count_replicas, say_hello, start_greeter
 
 
 async def test_calls_spread_over_every_endpoint():

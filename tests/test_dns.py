@@ -5,14 +5,13 @@ loopback on Linux) with one port, as the replicas behind one DNS name would."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import framework
 from examples.greeter.server import Greeter
 from framework.discovery import Endpoint
 from framework.discovery.dns import DnsResolver, system_lookup
 
-from .support import free_port, say_hello, start_greeter
+from .support import Recorder, free_port, say_hello, start_greeter, wait_until
 
 # A loaded two-core machine needs some slack over the bare refresh interval.
 SLACK = 0.5
@@ -51,16 +50,6 @@ async def served_by(channel: framework.BalancedChannel, calls: int = 20) -> set[
     return {(await say_hello(channel)).served_by for _ in range(calls)}
 
 
-async def wait_until(condition, within: float, poll: float = 0.02) -> float:
-    """Seconds until ``condition()`` (an async callable) is true; fails after ``within``."""
-    started = time.monotonic()
-    while not await condition():
-        elapsed = time.monotonic() - started
-        assert elapsed < within, f"not true within {within}s"
-        await asyncio.sleep(poll)
-    return time.monotonic() - started
-
-
 async def test_a_new_answer_gets_traffic_within_one_refresh():
     port, servers = await greeters_on_one_port(2)
     first, second = (server.address for server in servers)
@@ -75,13 +64,13 @@ async def test_a_new_answer_gets_traffic_within_one_refresh():
             async def second_serves() -> bool:
                 return (await say_hello(channel)).served_by == second
 
-            await wait_until(second_serves, within=refresh + SLACK)
+            await wait_until(second_serves, timeout=refresh + SLACK)
             dns.addresses = ["127.0.0.2"]
 
             async def first_is_gone() -> bool:
                 return channel.endpoints == [Endpoint("127.0.0.2", port)]
 
-            await wait_until(first_is_gone, within=refresh + SLACK)
+            await wait_until(first_is_gone, timeout=refresh + SLACK)
             assert await served_by(channel) == {second}
     finally:
         for server in servers:
@@ -106,7 +95,7 @@ async def test_a_failed_endpoint_triggers_a_lookup_long_before_the_refresh():
             async def looked_up_again() -> bool:
                 return dns.lookups >= 2
 
-            await wait_until(looked_up_again, within=3.0)  # the refresh is 30 s
+            await wait_until(looked_up_again, timeout=3.0)  # the refresh is 30 s
             assert channel.endpoints == [Endpoint("127.0.0.1", port)]
             assert await served_by(channel) == {first}
     finally:
@@ -126,26 +115,12 @@ async def test_a_failing_lookup_keeps_the_last_endpoints():
             async def failed_twice() -> bool:
                 return dns.lookups >= failed_before + 2
 
-            await wait_until(failed_twice, within=3.0)
+            await wait_until(failed_twice, timeout=3.0)
             assert channel.endpoints == [Endpoint("127.0.0.1", port), Endpoint("127.0.0.2", port)]
             assert await served_by(channel, 40) == {s.address for s in servers}
     finally:
         for server in servers:
             await server.server.stop()
-
-
-class Recorder:
-    """A resolver Listener that keeps what it is told."""
-
-    def __init__(self) -> None:
-        self.updates: list[frozenset[Endpoint]] = []
-        self.errors: list[str] = []
-
-    def update(self, endpoints: frozenset[Endpoint]) -> None:
-        self.updates.append(endpoints)
-
-    def error(self, message: str) -> None:
-        self.errors.append(message)
 
 
 async def test_a_lookup_error_names_the_target_and_the_cause():
@@ -159,13 +134,13 @@ async def test_a_lookup_error_names_the_target_and_the_cause():
         async def answered() -> bool:
             return bool(recorder.updates)
 
-        await wait_until(answered, within=2.0)
+        await wait_until(answered, timeout=2.0)
         dns.failure = OSError("Temporary failure in name resolution")
 
         async def failed() -> bool:
             return bool(recorder.errors)
 
-        await wait_until(failed, within=2.0)
+        await wait_until(failed, timeout=2.0)
     finally:
         watching.cancel()
     assert target in recorder.errors[0]

@@ -4,7 +4,6 @@ and what happens when replicas or etcd itself die."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -23,41 +22,9 @@ from framework.discovery.etcd.registration import FIRST_REGISTRATION_WAIT
 from framework.discovery.etcd.resolver import PrefixCache, _Follower
 
 from .etcd_server import EtcdServer
-from .support import ROOT, free_port, say_hello, start_greeter
+from .support import ROOT, Recorder, free_port, say_hello, start_greeter
 
 TTL = 3  # seconds; short so that expiry tests are quick, above etcd's minimum
-
-
-class Recorder:
-    """A resolver Listener that keeps every set and error, with the time it arrived."""
-
-    def __init__(self) -> None:
-        self.sets: list[tuple[float, frozenset[framework.Endpoint]]] = []
-        self.errors: list[str] = []
-        self.changed = asyncio.Event()
-
-    def update(self, endpoints: frozenset[framework.Endpoint]) -> None:
-        self.sets.append((time.monotonic(), endpoints))
-        self.changed.set()
-
-    def error(self, message: str) -> None:
-        self.errors.append(message)
-        self.changed.set()
-
-    @property
-    def addresses(self) -> set[str]:
-        return {e.address for e in self.sets[-1][1]} if self.sets else set()
-
-    async def wait_for(self, addresses: set[str], timeout: float = 5.0) -> float:
-        """The time the set became ``addresses``."""
-        deadline = time.monotonic() + timeout
-        while self.addresses != addresses:
-            self.changed.clear()
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"resolved {self.addresses}, expected {addresses}"
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), remaining)
-        return self.sets[-1][0]
 
 
 def registered_replicas(server_process, etcd: EtcdServer, count: int, **env: str):
@@ -180,7 +147,7 @@ async def test_a_new_replica_gets_calls_within_half_a_second_of_registering(serv
         async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
             assert (await say_hello(channel)).served_by == first.address
             (second,) = registered_replicas(server_process, etcd, 1)
-            registered_at = await watcher.wait_for({first.address, second.address}, timeout=20)
+            registered_at = await watcher.wait_for_set({first.address, second.address}, timeout=20)
             for _ in range(1000):
                 if (await say_hello(channel)).served_by == second.address:
                     break
@@ -289,7 +256,7 @@ async def test_a_compacted_watch_revision_reads_again(etcd):
     connection = StaleOnce(config)
     following = asyncio.ensure_future(_Follower(resolver, listener).follow(connection))
     try:
-        await listener.wait_for({"127.0.0.1:1002"})
+        await listener.wait_for_set({"127.0.0.1:1002"})
     finally:
         following.cancel()
         await connection.close()

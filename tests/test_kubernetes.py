@@ -11,8 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from framework.discovery import FORMS, Endpoint, TargetError, build_resolver, pa
 from framework.discovery.kubernetes import KubernetesResolver, parse_kube_target
 
 from .kube_api import KubeApiServer, endpoint_slice
-from .support import ROOT, free_port, say_hello, start_greeter
+from .support import ROOT, Recorder, count_replicas, free_port, say_hello, start_greeter, wait_until
 
 NS = "shop"
 SERVICE = "greeter"
@@ -50,42 +49,6 @@ def at(addresses: list[str], port: int = 8080) -> set[str]:
     return {Endpoint(address, port).address for address in addresses}
 
 
-class Recorder:
-    """A Listener that remembers every set and error it was given."""
-
-    def __init__(self) -> None:
-        self.updates: list[frozenset[Endpoint]] = []
-        self.errors: list[str] = []
-        self._changed = asyncio.Event()
-
-    def update(self, endpoints: frozenset[Endpoint]) -> None:
-        self.updates.append(endpoints)
-        self._changed.set()
-
-    def error(self, message: str) -> None:
-        self.errors.append(message)
-        self._changed.set()
-
-    @property
-    def current(self) -> set[str]:
-        return {e.address for e in self.updates[-1]} if self.updates else set()
-
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"timed out; last set has {len(self.current)} endpoints, errors: {self.errors}"
-                )
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-
-    async def wait_for_set(self, expected: set[str], timeout: float = 5.0) -> None:
-        await self.wait_for(lambda: self.current == expected, timeout)
-
-
 @contextlib.asynccontextmanager
 async def resolving(target: str = TARGET) -> AsyncIterator[Recorder]:
     """Watch target (with quick retries) into a Recorder until the block ends."""
@@ -99,14 +62,6 @@ async def resolving(target: str = TARGET) -> AsyncIterator[Recorder]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Poll a condition on the API server's side."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 def never_emptied(recorder: Recorder) -> bool:
@@ -239,7 +194,7 @@ async def test_the_watch_starts_from_the_list_and_asks_for_bookmarks(kube: KubeA
     version = kube.resource_version
     async with resolving() as seen:
         await seen.wait_for_set(at(["10.0.0.1"]))
-        await eventually(lambda: bool(kube.watches))
+        await wait_until(lambda: bool(kube.watches), 3.0)
         watch = kube.watches[0]
         assert watch["resourceVersion"] == version
         assert watch["allowWatchBookmarks"] == "true"
@@ -252,7 +207,7 @@ async def test_an_expired_watch_lists_again_without_flapping(kube: KubeApiServer
     kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, b))
     async with resolving() as seen:
         await seen.wait_for_set(at(a + b))
-        await eventually(lambda: kube.open_watches() == 1)
+        await wait_until(lambda: kube.open_watches() == 1, 3.0)
         with kube.holding_watches():  # the client falls behind, then history is compacted
             kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, b[:30]))
             kube.delete_slice(NS, "greeter-a")
@@ -270,10 +225,10 @@ async def test_a_410_when_the_watch_starts_lists_again(kube: KubeApiServer, as_h
     kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
     async with resolving() as seen:
         await seen.wait_for_set(at(["10.0.0.1"]))
-        await eventually(lambda: kube.open_watches() == 1)
+        await wait_until(lambda: kube.open_watches() == 1, 3.0)
         kube.gone_on_next_watch(as_http_status)
         kube.close_watches()
-        await eventually(lambda: len(kube.lists) == 2)
+        await wait_until(lambda: len(kube.lists) == 2, 3.0)
         kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.2"]))
         await seen.wait_for_set(at(["10.0.0.2"]))
         assert never_emptied(seen) and not seen.errors
@@ -284,7 +239,7 @@ async def test_a_dropped_watch_resumes_and_misses_nothing(kube: KubeApiServer, a
     kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
     async with resolving() as seen:
         await seen.wait_for_set(at(["10.0.0.1"]))
-        await eventually(lambda: kube.open_watches() == 1)
+        await wait_until(lambda: kube.open_watches() == 1, 3.0)
         kube.close_watches(abort=abort)
         # changed while the client is between watches: the next watch replays them
         kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1", "10.0.0.2"]))
@@ -298,7 +253,7 @@ async def test_bookmarks_carry_the_resource_version_past_other_services(kube: Ku
     kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
     async with resolving() as seen:
         await seen.wait_for_set(at(["10.0.0.1"]))
-        await eventually(lambda: kube.open_watches() == 1)
+        await wait_until(lambda: kube.open_watches() == 1, 3.0)
         for n in range(5):  # changes this watch never sees
             kube.put_slice(NS, endpoint_slice("other-a", "other", [f"10.9.0.{n + 1}"]))
         latest = kube.resource_version
@@ -306,7 +261,7 @@ async def test_bookmarks_carry_the_resource_version_past_other_services(kube: Ku
         await asyncio.sleep(0.2)
         kube.compact()  # only the bookmark's version is still watchable
         kube.close_watches()
-        await eventually(lambda: kube.open_watches() == 1 and len(kube.watches) == 2)
+        await wait_until(lambda: kube.open_watches() == 1 and len(kube.watches) == 2, 3.0)
         assert kube.watches[1]["resourceVersion"] == latest
         assert len(kube.lists) == 1  # no 410, no relist
 
@@ -436,11 +391,6 @@ def pod_slice(name: str, pods: list[framework.Service], serving: dict[str, bool]
     addresses = [(p.address.rsplit(":", 1)[0], {"ready": serving.get(p.address, True),
                   "serving": serving.get(p.address, True)}) for p in pods]  # fmt: skip
     return endpoint_slice(name, SERVICE, addresses, port=port)
-
-
-async def count_replicas(channel, calls: int) -> Counter[str]:
-    replies = await asyncio.gather(*(say_hello(channel) for _ in range(calls)))
-    return Counter(reply.served_by for reply in replies)
 
 
 async def test_calls_follow_the_serving_pods_of_a_service(kube: KubeApiServer):

@@ -15,12 +15,7 @@ from click.testing import CliRunner
 
 from scaffold.cli import main
 
-from .support import ServerProcess
-
-
-def gz(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args), input=stdin)
-    return result.exit_code, result.stdout, result.stderr
+from .support import ServerProcess, gz
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -17,33 +16,22 @@ import grpc
 import kubernetes_validate
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from framework.durations import parse_duration
 from scaffold import kube
-from scaffold.cli import main
 
-from .support import free_port, say_hello
+from .support import free_port, gz, say_hello, wait_until
 
 ENVOY = Path(sys.executable).parent / "envoy"
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 
 
 def manifests(mode: str, *extra: str) -> list[dict]:
-    args = [
-        "kube",
-        mode,
-        "--name",
-        "greeter",
-        "--image",
-        "greeter:1",
-        "--namespace",
-        "shop",
-        *extra,
-    ]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.stderr
-    return list(yaml.safe_load_all(result.stdout))
+    code, out, err = gz(
+        "kube", mode, "--name", "greeter", "--image", "greeter:1", "--namespace", "shop", *extra
+    )
+    assert code == 0, err
+    return list(yaml.safe_load_all(out))
 
 
 def of_kind(objects: list[dict], kind: str) -> list[dict]:
@@ -100,12 +88,11 @@ def test_every_deployment_probes_grpc_knows_its_pod_and_outlives_its_drain(mode)
 
 
 def test_service_mode_sets_max_connection_age_and_explains_the_l4_limit():
-    result = CliRunner().invoke(
-        main,
-        ["kube", "service", "--name", "greeter", "--image", "g:1", "--max-connection-age", "1m"],
+    _, out, _ = gz(
+        "kube", "service", "--name", "greeter", "--image", "g:1", "--max-connection-age", "1m"
     )
-    assert "balances connections, not calls (L4)" in result.stdout
-    objects = list(yaml.safe_load_all(result.stdout))
+    assert "balances connections, not calls (L4)" in out
+    objects = list(yaml.safe_load_all(out))
     env = env_of(of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0])
     assert env["GZ_MAX_CONNECTION_AGE"]["value"] == "60s"
     assert "clusterIP" not in of_kind(objects, "Service")[0]["spec"]
@@ -176,13 +163,11 @@ def test_envoy_sidecar_runs_beside_the_client_which_targets_loopback():
 
 
 def test_output_directory_gets_one_file_per_object(tmp_path):
-    result = CliRunner().invoke(
-        main, ["kube", "envoy", "--name", "greeter", "--image", "g:1", "-o", str(tmp_path)]
-    )
-    assert result.exit_code == 0, result.stderr
+    code, out, err = gz("kube", "envoy", "--name", "greeter", "--image", "g:1", "-o", str(tmp_path))
+    assert code == 0, err
     files = sorted(path.name for path in tmp_path.iterdir())
     assert "configmap-greeter-envoy.yaml" in files and "deployment-greeter-envoy.yaml" in files
-    assert "clients target dns:///greeter-envoy.default.svc.cluster.local:8080" in result.stdout
+    assert "clients target dns:///greeter-envoy.default.svc.cluster.local:8080" in out
 
 
 @pytest.mark.parametrize(
@@ -197,9 +182,9 @@ def test_output_directory_gets_one_file_per_object(tmp_path):
     ],
 )
 def test_bad_input_exits_2_with_one_line(arguments):
-    result = CliRunner().invoke(main, arguments)
-    assert result.exit_code == 2
-    assert result.stderr.startswith("gz: ") and result.stderr.count("\n") == 1
+    code, _, err = gz(*arguments)
+    assert code == 2
+    assert err.startswith("gz: ") and err.count("\n") == 1
 
 
 def envoy_config(mode: str) -> dict:
@@ -287,18 +272,17 @@ def _status(url: str) -> int:
 
 async def _wait_healthy_hosts(admin: int, count: int, timeout: float = 20.0) -> None:
     """Until Envoy's gRPC health checks have passed on ``count`` hosts."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    async def healthy() -> bool:
         try:
             lines = (
                 await asyncio.to_thread(_get, f"http://127.0.0.1:{admin}/clusters")
             ).splitlines()
-            if sum(1 for line in lines if line.endswith("::health_flags::healthy")) >= count:
-                return
         except OSError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"Envoy has not {count} healthy hosts after {timeout}s")
+            return False
+        return sum(1 for line in lines if line.endswith("::health_flags::healthy")) >= count
+
+    await wait_until(healthy, timeout, f"{count} healthy Envoy hosts", poll=0.1)
 
 
 def _get(url: str) -> str:

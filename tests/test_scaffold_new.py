@@ -10,7 +10,6 @@ project directory so that they import the installed package.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
@@ -19,20 +18,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from click.testing import CliRunner
 
 from examples.greeter import greeter_pb2
-from scaffold.cli import main
 
-from .support import ROOT, ServerProcess
+from .support import ROOT, ServerProcess, gz, wait_until
 
 PROTOS = Path(__file__).parent / "protos"
-
-
-def gz(*args: str) -> tuple[int, str, str]:
-    """Run the gz command in this process: (exit code, stdout, stderr)."""
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +236,6 @@ async def test_run_defaults_to_the_project_service_and_reloads_on_change(tmp_pat
     project = tmp_path / "hello"
     server = ServerProcess("-m", "scaffold.cli", "run", "--reload", GZ_NAME="hello")
     server.cwd = project
-    server.env["PYTHONPATH"] = str(ROOT)
     server.start()
     try:
         await server.wait_serving()
@@ -254,15 +244,15 @@ async def test_run_defaults_to_the_project_service_and_reloads_on_change(tmp_pat
             assert reply.message == "Hello, reload!"
             source = project / "hello/server.py"
             source.write_text(source.read_text().replace('f"Hello, {', 'f"Hi, {'))
-            for _ in range(100):  # the reloader polls twice a second, then restarts the child
-                await asyncio.sleep(0.1)
+
+            async def says_hi() -> bool:
                 try:
-                    reply = await _say_hello(channel)
+                    return (await _say_hello(channel)).message == "Hi, reload!"
                 except grpc.aio.AioRpcError:
-                    continue
-                if reply.message == "Hi, reload!":
-                    break
-            assert reply.message == "Hi, reload!"
+                    return False  # the reloader is restarting the child
+
+            # the reloader polls twice a second, then restarts the child
+            await wait_until(says_hi, 10, "answering 'Hi, reload!'", poll=0.1)
         server.signal(signal.SIGTERM)
         assert await server.wait_exit() == 0
         assert "hello/server.py changed; restarting" in server.stderr()

@@ -1,11 +1,12 @@
 """BalancedChannel: a grpc.aio.Channel that spreads calls over the endpoints of a target.
 
-The hot path (a picker exists and the method has no client middleware of the user's) is: pick a
-subchannel, look up its cached multicallable, call it, count the call in the subchannel's load
-(one done-callback). A unary call with retries on is returned inside an UnaryAttempts, which
-awaits the grpc call straight through and only does more when it fails; other calls are returned
-as grpc made them. Everything else (middleware, response streams with retries, waiting for a
-first resolution) goes through the composed handler and a ChainedCall.
+The hot path (a picker exists; a unary method whose middleware are all call observers, or any
+method with no middleware and no retries) is: run the observers' begin, pick a subchannel, look
+up its cached multicallable, call it, count the call in the subchannel's load (one done-callback,
+which also runs the observers' end). A unary call with retries on is returned inside an
+UnaryAttempts, which awaits the grpc call straight through and only does more when it fails;
+other calls are returned as grpc made them. Everything else (other middleware, response streams
+with retries, waiting for a first resolution) goes through the composed chain and a ChainedCall.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 import grpc
 
 from ..discovery import Endpoint, Resolver
-from ..middleware import CallContext, Kind, Method, Middleware, compose
-from ..middleware.chain import is_empty
-from ..middleware.outcome import begin_observers, call_observers, end_observers
+from ..middleware import CallContext, Kind, Method, Middleware
+from ..middleware.chain import begin_all, bind, compose_bound, observers_only
+from ..middleware.outcome import end_observers
 from ..middleware.retry import TRIED_PEERS, Retry, idempotent_override
 from .attempts import UnaryAttempts
 from .calls import ChainedCall, RequestQueue, announce_call, rpc_error
@@ -256,18 +257,16 @@ class _MultiCallable:
         self._unary = kind is Kind.UNARY_UNARY  # only these feed the latency average
         endpoint = self._stream_endpoint if kind.response_streaming else self.unary_endpoint
         retry = channel.retry if channel.retry and channel.retry.applies_to(self.method) else None
-        chain = channel._middleware if retry is None else (retry, *channel._middleware)
-        self._handler = compose(chain, self.method, endpoint)
+        bound = bind(channel._middleware, self.method)  # once: the chain and the hot path share it
+        self._handler = compose_bound(bound if retry is None else [retry, *bound], self.method,
+                                      endpoint)  # fmt: skip
         # The hot path: unary calls whose middleware only observes (begin/end around the grpc
         # call, retries by UnaryAttempts), and other calls with no middleware and no retries.
-        observers = call_observers(channel._middleware, self.method) if self._unary else ()
-        if self._unary:
-            self._direct = observers is not None
-        else:
-            self._direct = is_empty(channel._middleware, self.method) and retry is None
+        observers = observers_only(bound, self.method) if self._unary else None
+        self._direct = observers is not None if self._unary else not bound and retry is None
         self._observers = observers or ()
         # What attempts after the first run through: the observers, then the endpoint.
-        self.attempt_handler = compose(self._observers, self.method, self.unary_endpoint)
+        self.attempt_handler = compose_bound(self._observers, self.method, self.unary_endpoint)
         self.retry = retry if self._direct else None
         self.idempotent = retry is not None and retry.policy.is_idempotent(self.method)
 
@@ -296,7 +295,7 @@ class _MultiCallable:
         if self._observers:
             deadline = None if timeout is None else time.monotonic() + timeout
             ctx = CallContext(self.method, list(metadata or ()), deadline, subchannel.peer)
-            tokens = begin_observers(self._observers, ctx)
+            tokens = begin_all(self._observers, ctx)
             sent_metadata, deadline = ctx.metadata or None, ctx.deadline
             if deadline is not None:
                 timeout = max(0.0, deadline - time.monotonic())

@@ -138,11 +138,12 @@ class CallObserver(Middleware):
     def end(self, ctx: CallContext, token: Any, error: BaseException | None) -> None:
         return None
 
+    # Used when an observer is called on its own; compose() runs observers as _Observers.
     async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
-        return await _observe_unary((self,), ctx, request, call_next)
+        return await _Observers((self,)).unary(ctx, request, call_next)
 
     def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
-        return _observe_stream((self,), ctx, request, call_next)
+        return _Observers((self,)).stream(ctx, request, call_next)
 
 
 def begin_all(observers: Sequence[CallObserver], ctx: CallContext) -> list[Any]:
@@ -166,75 +167,88 @@ def end_all(
         observers[index].end(ctx, tokens[index], error)
 
 
-async def _observe_unary(
-    observers: Sequence[CallObserver], ctx: CallContext, request: Any, call_next: UnaryHandler
-) -> Any:
-    tokens = begin_all(observers, ctx)
-    try:
-        response = await call_next(ctx, request)
-    except BaseException as error:
-        end_all(observers, ctx, tokens, error)
-        raise
-    end_all(observers, ctx, tokens, None)
-    return response
-
-
-async def _observe_stream(
-    observers: Sequence[CallObserver], ctx: CallContext, request: Any, call_next: StreamHandler
-) -> AsyncIterator[Any]:
-    tokens = begin_all(observers, ctx)
-    try:
-        async for response in call_next(ctx, request):
-            yield response
-    except BaseException as error:  # GeneratorExit too: the consumer stopped early
-        end_all(observers, ctx, tokens, error)
-        raise
-    end_all(observers, ctx, tokens, None)
-
-
 class _Observers(Middleware):
-    """Several consecutive observers of one chain as one layer: one coroutine, not one each."""
+    """Consecutive plain observers of one chain as one layer: one coroutine for all of them."""
 
     def __init__(self, observers: Sequence[CallObserver]) -> None:
         self.observers = tuple(observers)
 
     async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
-        return await _observe_unary(self.observers, ctx, request, call_next)
+        observers = self.observers
+        tokens = begin_all(observers, ctx)
+        try:
+            response = await call_next(ctx, request)
+        except BaseException as error:
+            end_all(observers, ctx, tokens, error)
+            raise
+        end_all(observers, ctx, tokens, None)
+        return response
 
-    def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
-        return _observe_stream(self.observers, ctx, request, call_next)
+    async def stream(
+        self, ctx: CallContext, request: Any, call_next: StreamHandler
+    ) -> AsyncIterator[Any]:
+        observers = self.observers
+        tokens = begin_all(observers, ctx)
+        try:
+            async for response in call_next(ctx, request):
+                yield response
+        except BaseException as error:  # GeneratorExit too: the consumer stopped early
+            end_all(observers, ctx, tokens, error)
+            raise
+        end_all(observers, ctx, tokens, None)
+
+
+def bind(middleware: Sequence[Middleware], method: Method) -> list[Middleware]:
+    """The middleware that take part in ``method``'s chain, each as ``for_method`` gives it:
+    those that say no, or do not override the hook the method needs, are left out."""
+    hook = _hook(method)
+    base = getattr(Middleware, hook)
+    bound = (item.for_method(method) for item in middleware)
+    return [b for b in bound if b is not None and getattr(type(b), hook) is not base]
+
+
+def observers_only(bound: Sequence[Middleware], method: Method) -> tuple[CallObserver, ...] | None:
+    """``bound`` (from bind()) when every one is a plain CallObserver for this method, else
+    None: then the chain needs its coroutines."""
+    hook = _hook(method)
+    observers = [b for b in bound if _is_plain_observer(b, hook)]
+    return tuple(observers) if len(observers) == len(bound) else None
 
 
 def compose(
     middleware: Sequence[Middleware], method: Method, endpoint: UnaryHandler | StreamHandler
 ) -> UnaryHandler | StreamHandler:
-    """The handler that runs ``middleware`` in order around ``endpoint`` for ``method``."""
-    hook = "stream" if method.kind.response_streaming else "unary"
-    base, plain_observer = getattr(Middleware, hook), getattr(CallObserver, hook)
+    """The handler that runs ``middleware`` in order around ``endpoint`` for ``method``;
+    consecutive plain CallObservers share one layer."""
+    return compose_bound(bind(middleware, method), method, endpoint)
+
+
+def compose_bound(
+    bound: Sequence[Middleware], method: Method, endpoint: UnaryHandler | StreamHandler
+) -> UnaryHandler | StreamHandler:
+    """compose() for middleware already bound to ``method`` by bind()."""
+    hook = _hook(method)
     layers: list[Middleware | list[CallObserver]] = []
-    for item in middleware:
-        bound = item.for_method(method)
-        if bound is None or getattr(type(bound), hook) is base:
-            continue
-        if isinstance(bound, CallObserver) and getattr(type(bound), hook) is plain_observer:
-            if layers and isinstance(layers[-1], list):
-                layers[-1].append(bound)
-            else:
-                layers.append([bound])
+    for bound_item in bound:
+        if not _is_plain_observer(bound_item, hook):
+            layers.append(bound_item)
+        elif layers and isinstance(layers[-1], list):
+            layers[-1].append(bound_item)
         else:
-            layers.append(bound)
+            layers.append([bound_item])
     handler = endpoint
     for layer in reversed(layers):
         if isinstance(layer, list):
-            layer = layer[0] if len(layer) == 1 else _Observers(layer)
+            layer = _Observers(layer)
         handler = functools.partial(getattr(layer, hook), call_next=handler)
     return handler
 
 
-def is_empty(middleware: Sequence[Middleware], method: Method) -> bool:
-    """True when composing would return the endpoint itself."""
-    return compose(middleware, method, _sentinel) is _sentinel
+def _hook(method: Method) -> str:
+    return "stream" if method.kind.response_streaming else "unary"
 
 
-async def _sentinel(ctx: CallContext, request: Any) -> Any:  # pragma: no cover - never called
-    raise AssertionError
+def _is_plain_observer(bound: Middleware, hook: str) -> bool:
+    """A CallObserver that keeps the base class's ``hook``: all it does is begin and end."""
+    plain = getattr(CallObserver, hook)
+    return isinstance(bound, CallObserver) and getattr(type(bound), hook) is plain

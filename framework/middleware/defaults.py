@@ -1,8 +1,9 @@
 """The middleware every gz server and client gets, chosen by settings (docs/middleware.md).
 
 Order, outermost first. Server: tracing, metrics, call log, deadline, recovery, shedding, auth,
-then the service's own middleware (the first four are call observers and run as one layer). Client: tracing, metrics, call log, auth, deadline, then the
-caller's middleware. A middleware switched off by its setting is not in the list at all.
+then the service's own middleware (the first four are call observers: one layer on unary methods).
+Client: tracing, metrics, call log, auth, deadline, then the caller's middleware. A middleware
+switched off by its setting is not in the list at all.
 """
 
 from __future__ import annotations

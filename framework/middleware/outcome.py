@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from .chain import CallContext, CallObserver, Method, Middleware, begin_all, end_all
+from .chain import CallContext, CallObserver, end_all
 
 OK = grpc.StatusCode.OK
 
@@ -45,22 +45,6 @@ def call_code(ctx: CallContext, error: BaseException | None) -> grpc.StatusCode:
 _UNK = grpc.StatusCode.UNKNOWN
 
 
-def call_observers(
-    middleware: Sequence[Middleware], method: Method
-) -> tuple[CallObserver, ...] | None:
-    """The unary chain of ``method`` when every middleware in it is a plain CallObserver (run
-    by begin/end around the call), else None: the full chain is needed."""
-    observers = []
-    for item in middleware:
-        bound = item.for_method(method)
-        if bound is None or type(bound).unary is Middleware.unary:
-            continue  # compose() leaves it out too
-        if not isinstance(bound, CallObserver) or type(bound).unary is not CallObserver.unary:
-            return None
-        observers.append(bound)
-    return tuple(observers)
-
-
 class CallEnded(grpc.RpcError):
     """The error observers are given for a call watched from outside a chain (its status)."""
 
@@ -70,9 +54,6 @@ class CallEnded(grpc.RpcError):
 
     def code(self) -> grpc.StatusCode:
         return self._code
-
-
-begin_observers = begin_all
 
 
 def end_observers(
