@@ -13,7 +13,7 @@ from .middleware import Middleware
 from .middleware.defaults import client_middleware
 from .middleware.retry import Retry, RetryPolicy
 from .settings import ClientSettings
-from .tls import channel_credentials
+from .tls import channel_credentials, tls_options
 
 
 def connect(
@@ -33,7 +33,9 @@ def connect(
 
     ``target`` is ``direct:///h1:p1,h2:p2``, ``dns:///name:port``, ``etcd:///KEY``,
     ``k8s://namespace/service:port``, a bare service name (looked up through GZ_TARGET_<NAME>
-    or GZ_DISCOVERY), or a Resolver of your own. Arguments left out come from GZ_* settings.
+    or GZ_DISCOVERY), or a Resolver of your own. Arguments left out come from ``settings``,
+    by default ``ClientSettings.from_env()``; they also say how a bare name expands and which
+    etcd an ``etcd:///KEY`` target asks.
     With ``health_check`` (default on, GZ_HEALTH_CHECK) each endpoint's grpc.health.v1 status is
     watched and an endpoint that says NOT_SERVING, as a draining gz server does, gets no new calls.
     A malformed target raises ValueError (TargetError) quoting it and showing the right form.
@@ -46,7 +48,7 @@ def connect(
     ``credentials`` are given.
     """
     settings = settings or ClientSettings.from_env()
-    resolver = target if isinstance(target, Resolver) else build_resolver(target)
+    resolver = target if isinstance(target, Resolver) else build_resolver(target, settings)
     timeout = timeout if timeout is not None else settings.timeout
     if settings.metrics:
         from .middleware.metrics import count_resolution
@@ -57,8 +59,7 @@ def connect(
         timeout = None  # the Deadline middleware applies it, with GZ_METHOD_TIMEOUTS
     if credentials is None:
         credentials = channel_credentials(settings)
-    if settings.tls_server_name:
-        options = [*options, ("grpc.ssl_target_name_override", settings.tls_server_name)]
+    options = [*options, *tls_options(settings)]
     return BalancedChannel(
         resolver,
         picker=picker_class(balancer or settings.balancer),

@@ -46,9 +46,36 @@ def is_unspecified(host: str) -> bool:
         return False
 
 
+def check_advertise_host(text: str) -> str:
+    """A host clients can dial, without a port: an IP address (IPv6 with or without brackets,
+    returned without) or a host name. ValueError saying what is wrong and what to set."""
+    host = text.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if is_unspecified(host):
+        raise ValueError(
+            f"{host or 'an empty value'} is a wildcard that no client can dial: set "
+            "GZ_ADVERTISE_HOST to this server's own address (e.g. the pod IP), or unset it"
+        )
+    if address is None and ":" in host:
+        raise ValueError(
+            "expected a host without a port, e.g. 10.0.0.7 or greeter-0.greeter: the advertised "
+            "port is always the one the server listens on (GZ_LISTEN)"
+        )
+    if address is None and any(ch.isspace() or ch in "/?#@,[]" for ch in host):
+        raise ValueError("expected an IP address or a host name, e.g. 10.0.0.7")
+    return str(address) if address is not None else host
+
+
 def advertise_host(listen_host: str, configured: str | None = None) -> str:
     """The host clients should dial: configured, else the specific listen host, else POD_IP,
-    else the first non-loopback address of this machine, else loopback. Never a wildcard."""
+    else the first non-loopback address of this machine, else loopback. Never a wildcard:
+    ``configured`` comes from GZ_ADVERTISE_HOST, which check_advertise_host already vetted.
+    The listen host goes before POD_IP because it is the only address the server answers on."""
     for candidate in (configured, None if is_unspecified(listen_host) else listen_host):
         if candidate:
             return candidate

@@ -6,6 +6,7 @@ line naming the variable, the value and the accepted form.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,7 +14,7 @@ from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, fi
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .durations import Duration, parse_duration
-from .netaddr import parse_host_port
+from .netaddr import check_advertise_host, parse_host_port
 
 
 def _comma_list(value: object) -> object:
@@ -114,11 +115,32 @@ def _method_timeouts(value: object) -> object:
         method, equals, duration = item.partition("=")
         if not equals or not method.strip():
             raise ValueError(f"expected Method=duration pairs such as SayHello=200ms, got {item!r}")
-        timeouts[method.strip()] = parse_duration(duration)
+        timeouts[method.strip()] = seconds = parse_duration(duration)
+        if seconds <= 0:
+            raise ValueError(
+                f"{item!r}: a timeout must be more than 0, or every call fails at once"
+            )
     return timeouts
 
 
 MethodTimeouts = Annotated[dict[str, float], NoDecode, BeforeValidator(_method_timeouts)]
+
+
+def _lease_ttl(value: object) -> int:
+    """A duration (``10``, ``10s``, ``1m``) of whole seconds, 2 s to 1 h: etcd leases count
+    whole seconds, and etcd raises shorter TTLs to its own minimum anyway."""
+    if not isinstance(value, str | int | float):
+        raise ValueError(f"expected a duration such as 10s or 1m, got {value!r}")
+    seconds = parse_duration(value)
+    whole = round(seconds)
+    if abs(seconds - whole) > 1e-6:  # tolerance: 0.1m is 6.000000000000001 in floats
+        raise ValueError(f"etcd leases last whole seconds: write e.g. {math.ceil(seconds)}s")
+    if not 2 <= whole <= 3600:
+        raise ValueError("an etcd lease TTL must be 2s to 1h (e.g. 10s)")
+    return whole
+
+
+LeaseTtl = Annotated[int, BeforeValidator(_lease_ttl)]
 
 
 class MiddlewareSettings(_GzSettings):
@@ -153,7 +175,7 @@ class ServerSettings(EtcdSettings, MiddlewareSettings):
     advertise_host: str | None = None
     registry: Literal["none", "etcd"] = "none"
     etcd_key: str | None = None
-    etcd_ttl: int = Field(default=10, ge=2, le=3600)
+    etcd_ttl: LeaseTtl = 10
     shutdown_drain: Duration = 5.0
     shutdown_grace: Duration = 10.0
     max_connection_age: Duration | None = None  # off; set behind an L4 load balancer
@@ -171,6 +193,13 @@ class ServerSettings(EtcdSettings, MiddlewareSettings):
     def _listen_is_host_port(cls, listen: str) -> str:
         parse_host_port(listen)
         return listen
+
+    @field_validator("advertise_host")
+    @classmethod
+    def _dialable_host(cls, host: str | None) -> str | None:
+        if host is None or not host.strip():
+            return None  # unset (or set empty): worked out at start-up, see netaddr
+        return check_advertise_host(host)
 
     @field_validator("tls_ca")
     @classmethod
@@ -201,3 +230,13 @@ class ClientSettings(EtcdSettings, MiddlewareSettings):
     auth_token: str | None = None
     tls: bool | None = None  # default: on when GZ_TLS_CA or GZ_TLS_CERT is set
     tls_server_name: str | None = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_above_zero(cls, timeout: float | None) -> float | None:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(
+                "a timeout must be more than 0, or every call fails at once; "
+                "leave GZ_TIMEOUT unset for no timeout"
+            )
+        return timeout

@@ -40,6 +40,21 @@ def client_uses_tls(settings: ClientSettings) -> bool:
     return settings.tls_ca is not None or settings.tls_cert is not None
 
 
+def tls_options(settings: ClientSettings) -> list[tuple[str, str]]:
+    """Channel options for GZ_TLS_SERVER_NAME: the name the server's certificate must carry."""
+    if settings.tls_server_name:
+        return [("grpc.ssl_target_name_override", settings.tls_server_name)]
+    return []
+
+
+def endpoint_channel(address: str, settings: ClientSettings) -> grpc.aio.Channel:
+    """A channel to one address, plaintext or TLS as the client settings say (gz health)."""
+    credentials = channel_credentials(settings)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, credentials, tls_options(settings))
+
+
 def channel_credentials(settings: ClientSettings) -> grpc.ChannelCredentials | None:
     """The client's TLS credentials, or None for plaintext."""
     if not client_uses_tls(settings):

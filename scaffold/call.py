@@ -47,9 +47,10 @@ async def call(
     timeout: float,
     metadata: list[tuple[str, str]],
     emit: Callable[[str], None],
+    settings: framework.ClientSettings | None = None,
 ) -> None:
     """Call METHOD on TARGET and emit each reply as a JSON line."""
-    async with framework.connect(target, timeout=timeout) as channel:
+    async with framework.connect(target, timeout=timeout, settings=settings) as channel:
         method = await Reflection(channel, timeout).method(method_name)
         requests = parse_requests(request_json, method)
         try:

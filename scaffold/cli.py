@@ -250,6 +250,13 @@ Example: gz kube headless --name greeter --image greeter:0.1.0 -o deploy/""",
 @click.option(
     "--client-image", default="", help="envoy-sidecar: the client's image (default: --image)."
 )
+@click.option(
+    "--service-account",
+    default="",
+    metavar="NAME",
+    help="Run the service's pods as this ServiceAccount with its token mounted, for a service "
+    "that calls others through k8s://; endpoints: also bound to the EndpointSlice reader Role.",
+)
 def kube_command(
     mode: str,
     name: str,
@@ -267,6 +274,7 @@ def kube_command(
     envoy_image: str,
     client: str,
     client_image: str,
+    service_account: str,
 ) -> None:
     if metrics_port and metrics_port == port:
         raise BadInput(f"--metrics-port {metrics_port} is also --port; pick another one")
@@ -287,6 +295,7 @@ def kube_command(
         envoy_image=envoy_image,
         client=client,
         client_image=client_image,
+        service_account=service_account,
     )
     manifests = kube.build(spec)
     if output is None:
@@ -360,11 +369,12 @@ def call_command(
 
     Example: gz call etcd:///greeter SayHello '{"name": "gz"}'
     """
-    endpoints.resolver_for(target)  # a malformed target is bad input: exit 2
+    settings = endpoints.client_settings()  # a bad GZ_* value is bad input: exit 2
+    endpoints.resolver_for(target, settings)  # so is a malformed target
     if request == "-":
         request = sys.stdin.read()
     metadata = [_header(text) for text in headers]
-    asyncio.run(calling.call(target, method, request, timeout, metadata, click.echo))
+    asyncio.run(calling.call(target, method, request, timeout, metadata, click.echo, settings))
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -384,11 +394,12 @@ def health_command(target: str, service: str, timeout: float) -> None:
 
     Example: gz health k8s://shop/greeter:grpc --service greeter.v1.Greeter
     """
-    resolver = endpoints.resolver_for(target)
+    settings = endpoints.client_settings()
+    resolver = endpoints.resolver_for(target, settings)
 
     async def check() -> dict[str, str]:
         found = await endpoints.first_set(resolver, timeout)
-        return await health.check_all(found, service, timeout)
+        return await health.check_all(found, service, timeout, settings)
 
     statuses = asyncio.run(check())
     for address, status in statuses.items():

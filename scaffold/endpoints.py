@@ -11,9 +11,19 @@ from framework.discovery import Endpoint, Listener, build_resolver
 from .errors import BadInput, Failed
 
 
-def resolver_for(target: str) -> framework.Resolver:
+def client_settings() -> framework.ClientSettings:
+    """The GZ_* client settings; BadInput naming the variable when one is bad."""
     try:
-        return build_resolver(target)
+        return framework.ClientSettings.from_env()
+    except framework.SettingsError as error:
+        raise BadInput(str(error)) from None
+
+
+def resolver_for(
+    target: str, settings: framework.ClientSettings | None = None
+) -> framework.Resolver:
+    try:
+        return build_resolver(target, settings)
     except ValueError as error:
         raise BadInput(str(error)) from None
 

@@ -7,14 +7,17 @@ import asyncio
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from framework import ClientSettings
 from framework.discovery import Endpoint
+from framework.tls import endpoint_channel
 
 STATUS_NAMES = health_pb2.HealthCheckResponse.ServingStatus.Name
 
 
-async def check(endpoint: Endpoint, service: str, timeout: float) -> str:
-    """SERVING, NOT_SERVING, SERVICE_UNKNOWN, ... or the gRPC error code of a failed check."""
-    async with grpc.aio.insecure_channel(endpoint.address) as channel:
+async def check(endpoint: Endpoint, service: str, timeout: float, settings: ClientSettings) -> str:
+    """SERVING, NOT_SERVING, SERVICE_UNKNOWN, ... or the gRPC error code of a failed check.
+    The channel is plaintext or TLS as the GZ_TLS_* client settings say."""
+    async with endpoint_channel(endpoint.address, settings) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
@@ -26,8 +29,10 @@ async def check(endpoint: Endpoint, service: str, timeout: float) -> str:
     return STATUS_NAMES(reply.status)
 
 
-async def check_all(endpoints: frozenset[Endpoint], service: str, timeout: float) -> dict[str, str]:
+async def check_all(
+    endpoints: frozenset[Endpoint], service: str, timeout: float, settings: ClientSettings
+) -> dict[str, str]:
     """address -> status, checked concurrently."""
     ordered = sorted(endpoints)
-    statuses = await asyncio.gather(*(check(e, service, timeout) for e in ordered))
+    statuses = await asyncio.gather(*(check(e, service, timeout, settings) for e in ordered))
     return {endpoint.address: status for endpoint, status in zip(ordered, statuses, strict=True)}

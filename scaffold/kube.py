@@ -19,6 +19,7 @@ import yaml
 from framework.durations import format_duration
 
 from . import envoy
+from .errors import BadInput
 from .kube_objects import (
     CONTAINER_SECURITY,
     RESOURCES,
@@ -76,6 +77,7 @@ class KubeSpec:
     client: str = ""  # envoy-sidecar: the Deployment that calls the service
     client_image: str = ""
     metrics_port: int | None = 9090  # GZ_METRICS_PORT: /metrics, /healthz, /readyz over HTTP
+    service_account: str = ""  # the service's pods run as it, token mounted (k8s:// inside)
 
     @property
     def host(self) -> str:
@@ -118,13 +120,45 @@ def client_target(spec: KubeSpec) -> str:
     }[spec.mode]
 
 
+# Namespaces are DNS-1123 labels (a digit may come first, unlike a Service's DNS-1035 name);
+# ServiceAccount names are DNS-1123 subdomains.
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_NAMESPACE = re.compile(rf"^{_LABEL}$")
+_SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+
+
+def _check_namespace(namespace: str) -> None:
+    if len(namespace) > 63 or not _NAMESPACE.match(namespace):
+        raise BadInput(
+            f"namespace {namespace!r} is not a Kubernetes namespace name: use at most 63 lower "
+            "case letters, digits and '-', starting and ending with a letter or digit, e.g. shop"
+        )
+
+
+def _check_service_account(account: str) -> None:
+    if account and (len(account) > 253 or not _SUBDOMAIN.match(account)):
+        raise BadInput(
+            f"service account {account!r} is not a ServiceAccount name: use lower case letters, "
+            "digits, '-' and '.' between labels that start and end with a letter or digit, "
+            "e.g. greeter"
+        )
+
+
 def build(spec: KubeSpec) -> list[Manifest]:
-    for name in (spec.name, spec.namespace, f"{spec.name}-envoy", spec.client_name):
-        kube_name(name)  # the namespace and derived names must be valid too
+    for name in (spec.name, f"{spec.name}-envoy", spec.client_name):
+        kube_name(name)  # derived names must be valid too
+    _check_namespace(spec.namespace)
+    _check_service_account(spec.service_account)
     manifests = _MODES[spec.mode](spec)
     header = f"gz kube {spec.mode}: {MODES[spec.mode]}.\nClients target {client_target(spec)}"
     if spec.mode in PROXIED:
         header += "\nwith GZ_HEALTH_CHECK=false: the proxy checks each replica's health itself"
+    if spec.service_account and spec.mode != "endpoints":  # endpoints mode writes it
+        header += (
+            f"\n{spec.name} runs as the ServiceAccount {spec.service_account}, which must exist; "
+            "for k8s:// targets it\nneeds list and watch on endpointslices (gz kube endpoints "
+            f"--client {spec.service_account} writes both)"
+        )
     first = manifests[0]
     notes = "\n".join(filter(None, [header, first.note]))
     return [Manifest(first.object, notes), *manifests[1:]]
@@ -184,8 +218,10 @@ def app_pod(spec: KubeSpec, containers: list[Object], **pod: Any) -> PodSpec:
 
 
 def app(spec: KubeSpec, env: Sequence[Object] = (), note: str = "", **pod: Any) -> list[Manifest]:
+    """The service's own Deployment: the only one that runs as --service-account."""
     container = app_container(spec, spec.name, spec.image, list(env))
-    return scaled(spec.name, spec, app_pod(spec, [container], **pod), note=note)
+    pod_spec = app_pod(spec, [container], service_account=spec.service_account, **pod)
+    return scaled(spec.name, spec, pod_spec, note=note)
 
 
 def _service(spec: KubeSpec, *, headless: bool, note: str = "") -> Manifest:
@@ -235,11 +271,15 @@ def _etcd_mode(spec: KubeSpec) -> list[Manifest]:
 
 def _endpoints_mode(spec: KubeSpec) -> list[Manifest]:
     client = spec.client_name
-    rbac = endpointslice_reader(client, spec.namespace, spec.name)
+    # the service's own account (if it calls others through k8s://) may read them here too
+    accounts = list(dict.fromkeys(filter(None, (client, spec.service_account))))
+    rbac = endpointslice_reader(accounts, spec.namespace, spec.name)
     note = (
         f"Pods that call {spec.name} through k8s:// run as the ServiceAccount {client}\n"
         "(serviceAccountName), which may list and watch EndpointSlices in this namespace."
     )
+    if spec.service_account and spec.service_account != client:
+        note += f"\nSo may {spec.service_account}, the account {spec.name} itself runs as."
     return [
         *app(spec),
         _service(spec, headless=True),

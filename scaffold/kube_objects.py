@@ -4,6 +4,7 @@ autoscaling/v2, policy/v1, rbac.authorization.k8s.io/v1; checked against the 1.3
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,9 @@ class PodSpec:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     run_as_user: int = RUN_AS_USER
+    service_account: str = ""
+    """Run as this ServiceAccount with its token mounted; "" for the namespace's default one,
+    without a token."""
 
 
 def deployment(name: str, namespace: str, replicas: int, pod: PodSpec) -> Object:
@@ -135,7 +139,12 @@ def deployment(name: str, namespace: str, replicas: int, pod: PodSpec) -> Object
         spec["initContainers"] = pod.init_containers
     if pod.volumes:
         spec["volumes"] = pod.volumes
-    spec["automountServiceAccountToken"] = False  # nothing in the pod talks to the API server
+    if pod.service_account:
+        # the app reads EndpointSlices itself (k8s:// targets): in-cluster config needs the token
+        spec["serviceAccountName"] = pod.service_account
+        spec["automountServiceAccountToken"] = True
+    else:
+        spec["automountServiceAccountToken"] = False  # nothing in the pod talks to the API server
     template_metadata: Object = {"labels": {NAME_LABEL: name, **pod.labels}}
     if pod.annotations:
         template_metadata["annotations"] = pod.annotations
@@ -229,15 +238,19 @@ def config_map(name: str, namespace: str, app: str, data: dict[str, str]) -> Obj
     }
 
 
-def endpointslice_reader(client: str, namespace: str, app: str) -> list[Object]:
-    """ServiceAccount + Role + RoleBinding: what a k8s:/// client needs (list, watch)."""
-    role = f"{client}-endpointslice-reader"
+def endpointslice_reader(accounts: Sequence[str], namespace: str, app: str) -> list[Object]:
+    """A ServiceAccount for each of ``accounts``, a Role and a RoleBinding to all of them: what
+    a k8s:/// client needs (list, watch). The first account names the Role."""
+    role = f"{accounts[0]}-endpointslice-reader"
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": metadata(client, namespace, app),
-        },
+        *(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": metadata(account, namespace, app),
+            }
+            for account in accounts
+        ),
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -254,7 +267,10 @@ def endpointslice_reader(client: str, namespace: str, app: str) -> list[Object]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
             "metadata": metadata(role, namespace, app),
-            "subjects": [{"kind": "ServiceAccount", "name": client, "namespace": namespace}],
+            "subjects": [
+                {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+                for account in accounts
+            ],
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
         },
     ]

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import trustme
 
 from .etcd_server import EtcdServer
 from .support import ServerProcess
@@ -27,3 +30,28 @@ def etcd():
     server = EtcdServer().start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA with a server and a client certificate, and a second, unrelated CA with a client
+    certificate of its own: file paths by name."""
+    directory = tmp_path_factory.mktemp("pki")
+    ca, other_ca = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client.example")
+    stranger = other_ca.issue_cert("stranger.example")
+    files: dict[str, str] = {}
+
+    def write(name: str, blob: trustme.Blob | list[trustme.Blob]) -> None:
+        path = Path(directory, f"{name}.pem")
+        blobs = blob if isinstance(blob, list) else [blob]
+        path.write_bytes(b"".join(b.bytes() for b in blobs))
+        files[name] = str(path)
+
+    write("ca", ca.cert_pem)
+    write("other_ca", other_ca.cert_pem)
+    for name, cert in (("server", server), ("client", client), ("stranger", stranger)):
+        write(f"{name}_cert", cert.cert_chain_pems)
+        write(f"{name}_key", cert.private_key_pem)
+    return files

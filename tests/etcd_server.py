@@ -3,6 +3,7 @@ temporary data dir; stopped, restarted (with its data or wiped) and killed by pr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -156,6 +157,24 @@ class EtcdServer:
         """Seconds left on a lease; -1 when etcd does not know it."""
         reply = json.loads(self.etcdctl("lease", "timetolive", format(lease, "x"), "-w", "json"))
         return int(reply.get("ttl", -1))
+
+    async def wait_registered(
+        self, addresses: set[str], timeout: float, prefix: str = "greeter/"
+    ) -> float:
+        """Seconds until exactly ``addresses`` are under ``prefix``, each key on a live lease.
+        Servers report SERVING before they register, so tests wait for this, not for health."""
+        started = time.monotonic()
+        while True:
+            keys = self.keys(prefix)
+            if set(keys.values()) == addresses and len(keys) == len(addresses):
+                for key in keys:
+                    lease = self.lease_of(key)
+                    assert lease != 0, f"{key} has no lease"
+                    assert self.lease_ttl(lease) > 0, f"{key} is on a dead lease"
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"after {timeout}s etcd has {keys}, expected {addresses}")
+            await asyncio.sleep(0.1)
 
     def enable_auth(self, user: str, password: str) -> None:
         """root with a password, plus ``user`` with readwrite on everything; auth on."""

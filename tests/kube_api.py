@@ -12,7 +12,8 @@ What it serves, as kube-apiserver does:
 - minimal ``/api`` and ``/apis`` discovery documents.
 
 Tests change the state with put_slice / delete_slice, and provoke the hard cases with
-compact (forget history), expire_watches, gone_on_next_watch, close_watches and bookmark.
+compact (forget history), expire_watches, gone_on_next_watch, close_watches, bookmark,
+hanging_lists (an overloaded server), put_raw_event and list_extras (malformed objects).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class _Change:
     type: str
     namespace: str
     object: Json
+    raw: Any = None  # put_raw_event: sent as is on every watch of the namespace
 
 
 def _matches(selector: str, labels: dict[str, str]) -> bool:
@@ -128,7 +130,9 @@ class KubeApiServer:
         self._bookmark_generation = 0
         self._gone_next_watch: str | None = None
         self._held = False
+        self._lists_hang: str | None = None  # hanging_lists: "response" or "body"
         self._open_watches = 0
+        self.list_extras: list[Any] = []  # appended to every list's items, malformed or not
         self.forbidden: set[str] = set()
         self.lists: list[dict[str, str]] = []
         self.watches: list[dict[str, str]] = []
@@ -202,6 +206,13 @@ class KubeApiServer:
             obj = self._objects.pop((namespace, name))
             self._record("DELETED", namespace, obj)
 
+    def put_raw_event(self, namespace: str, event: Any) -> None:
+        """Send event verbatim on the namespace's watches (however malformed); lists ignore it."""
+        with self._changed:
+            self._version += 1
+            self._history.append(_Change(self._version, "RAW", namespace, {}, raw=event))
+            self._changed.notify_all()
+
     def _record(self, kind: str, namespace: str, obj: Json) -> Json:
         self._version += 1
         stored = copy.deepcopy(obj)
@@ -224,6 +235,19 @@ class KubeApiServer:
         finally:
             with self._changed:
                 self._held = False
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def hanging_lists(self, after_headers: bool = False) -> Iterator[None]:
+        """Lists inside the block hang, as an overloaded API server's do: before any response,
+        or after the headers and half the body. They are answered in full when the block ends."""
+        with self._changed:
+            self._lists_hang = "body" if after_headers else "response"
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._lists_hang = None
                 self._changed.notify_all()
 
     def compact(self) -> None:
@@ -271,8 +295,31 @@ class KubeApiServer:
                 "kind": "EndpointSliceList",
                 "apiVersion": "discovery.k8s.io/v1",
                 "metadata": {"resourceVersion": str(self._version)},
-                "items": items,
+                "items": items + copy.deepcopy(self.list_extras),
             }
+
+    def _answer_list(self, handler: _Handler, body: Json) -> None:
+        with self._changed:
+            hang, abort = self._lists_hang, self._abort_generation
+        if hang is None:
+            handler.send_json(200, body)
+            return
+        data = json.dumps(body).encode()
+        if hang == "body":
+            handler.send_head(200, len(data))
+            handler.wfile.write(data[: len(data) // 2])
+            handler.wfile.flush()
+        with self._changed:
+            while self._lists_hang is not None and abort == self._abort_generation:
+                self._changed.wait(0.5)
+            if abort != self._abort_generation:
+                handler.abort()
+                return
+        with contextlib.suppress(OSError):  # the client may have given up
+            if hang == "body":
+                handler.wfile.write(data[len(data) // 2 :])
+            else:
+                handler.send_json(200, body)
 
     def _watch(self, handler: _Handler, namespace: str, query: dict[str, str]) -> None:
         selector = query.get("labelSelector", "")
@@ -287,8 +334,10 @@ class KubeApiServer:
                 return
             handler.start_stream()
             self._open_watches += 1
+            # taken with the count: a close_watches() once open_watches() says 1 reaches it
+            seen = (self._close_generation, self._abort_generation, self._bookmark_generation)
         try:
-            self._stream(handler, namespace, selector, bookmarks, deadline, requested, gone)
+            self._stream(handler, namespace, selector, bookmarks, deadline, requested, gone, seen)
         except OSError:
             pass  # the client went away
         finally:
@@ -296,10 +345,10 @@ class KubeApiServer:
                 self._open_watches -= 1
 
     def _stream(self, handler: _Handler, namespace: str, selector: str, bookmarks: bool,
-                deadline: float, requested: str, gone: str | None) -> None:  # fmt: skip
+                deadline: float, requested: str, gone: str | None,
+                generations: tuple[int, int, int]) -> None:  # fmt: skip
+        close, abort, marks = generations
         with self._changed:
-            close, abort = self._close_generation, self._abort_generation
-            marks = self._bookmark_generation
             if gone or (requested not in ("", "0") and int(requested) < self._oldest):
                 handler.send_event(self._expired(requested))
                 handler.end_stream()
@@ -339,7 +388,10 @@ class KubeApiServer:
                 version = self._version
             for change in changes:
                 position = change.version
-                if change.namespace == namespace and _matches(
+                if change.raw is not None:
+                    if change.namespace == namespace:
+                        handler.send_event(change.raw)
+                elif change.namespace == namespace and _matches(
                     selector, change.object["metadata"].get("labels", {})
                 ):
                     handler.send_event(_event(change.type, change.object))
@@ -433,16 +485,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.api._watch(self, namespace, query)
         else:
             self.api.lists.append(query)
-            self.send_json(200, self.api._list(namespace, query.get("labelSelector", "")))
+            self.api._answer_list(self, self.api._list(namespace, query.get("labelSelector", "")))
 
     # -- responses ----------------------------------------------------------------------------
     def send_json(self, code: int, body: Json) -> None:
         data = json.dumps(body).encode()
+        self.send_head(code, len(data))
+        self.wfile.write(data)
+
+    def send_head(self, code: int, length: int) -> None:
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(length))
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.flush()
 
     def start_stream(self) -> None:
         self.send_response(200)

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -97,6 +98,29 @@ async def wait_until(
         await asyncio.sleep(poll)
 
 
+async def all_ready(channel: framework.BalancedChannel, count: int) -> None:
+    """Until ``count`` of the channel's subchannels are READY (picks then reach all of them)."""
+    await channel.channel_ready()
+
+    def ready() -> bool:
+        subchannels = channel._pool.subchannels.values()
+        return sum(s.state == grpc.ChannelConnectivity.READY for s in subchannels) == count
+
+    await wait_until(ready, 10, f"{count} subchannels READY")
+
+
+async def wait_not_serving(channel: framework.BalancedChannel, address: str) -> None:
+    """Until the channel's health watch has seen ``address`` say NOT_SERVING."""
+
+    def seen() -> bool:
+        pool = channel._pool
+        return pool is not None and any(
+            s.peer == address and not s.serving for s in pool.subchannels.values()
+        )
+
+    await wait_until(seen, 10, f"{address} NOT_SERVING at the client")
+
+
 class Recorder:
     """A resolver Listener that keeps every endpoint set, the time each arrived, and every
     error."""
@@ -159,17 +183,22 @@ class ServerProcess:
         self.started_at = 0.0
         self.cwd = ROOT  # a test may run it inside another project
         self.stdout: Any = None  # a file to write stdout to (default: inherited)
+        # stderr goes to a file (removed with this object): readable while the server runs,
+        # and a chatty server never blocks on a full pipe
+        self._log_dir = tempfile.TemporaryDirectory(prefix="gz-server-")
+        self.log_path = Path(self._log_dir.name) / "stderr.log"
 
     def start(self) -> ServerProcess:
         self.started_at = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, *self.command],
-            env=self.env,
-            cwd=self.cwd,
-            stdout=self.stdout,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        with self.log_path.open("a") as log:  # O_APPEND: the child's writes always land at the end
+            self.process = subprocess.Popen(
+                [sys.executable, *self.command],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=self.stdout,
+                stderr=log,
+                text=True,
+            )
         return self
 
     async def wait_serving(self, timeout: float = 20.0) -> float:
@@ -201,10 +230,8 @@ class ServerProcess:
         return self.process.returncode
 
     def stderr(self) -> str:
-        assert self.process is not None
-        if self.process.poll() is None:
-            return "(still running)"
-        return self.process.stderr.read() if self.process.stderr else ""
+        """Everything the server has logged so far."""
+        return self.log_path.read_text()
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

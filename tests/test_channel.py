@@ -16,7 +16,7 @@ from examples.greeter.server import Greeter
 from framework.balancing.calls import ChainedCall
 from framework.middleware import CallContext, Method
 
-from .support import say_hello, start_greeter
+from .support import say_hello, start_greeter, wait_not_serving
 
 Request = greeter_pb2.HelloRequest
 UNKNOWN_METHOD = "/greeter.v1.Greeter/NoSuchMethod"
@@ -211,6 +211,27 @@ async def test_async_with_closes_the_channel(server):
     assert channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN
 
 
+async def test_stubs_made_per_call_share_one_multi_callable(server):
+    """A stub per call (a common pattern) costs no per-stub setup and leaks nothing: the channel
+    hands every stub the same multi-callable, which keeps one grpc callable per subchannel."""
+    async with framework.connect(f"direct:///{server.address}") as channel:
+        for _ in range(200):
+            await stub(channel).SayHello(Request(name="again"))
+        assert stub(channel).SayHello is stub(channel).SayHello
+        assert stub(channel).SayHello is not stub(channel).LotsOfReplies
+        (subchannel,) = channel._pool.subchannels.values()
+        assert len(subchannel.callables) == 1
+
+
+async def test_channel_ready_gives_up_when_the_channel_closes():
+    channel = framework.connect(framework.ManualResolver([], target="test:///never"))
+    waiting = asyncio.ensure_future(channel.channel_ready())
+    await asyncio.sleep(0.1)
+    await channel.close()
+    with pytest.raises(grpc.aio.UsageError, match="test:///never"):
+        await asyncio.wait_for(waiting, 5)
+
+
 # -- what only a balanced channel can do --------------------------------------------------------
 async def test_no_endpoints_fails_fast_naming_the_target():
     resolver = framework.ManualResolver([], target="test:///nobody")
@@ -394,7 +415,7 @@ async def test_interceptors_miss_the_health_watch_which_still_works():
             await channel.channel_ready()
             await asyncio.sleep(0.2)
             stopping = asyncio.ensure_future(draining.server.stop())
-            await asyncio.sleep(0.3)  # NOT_SERVING reaches the client's health watch
+            await wait_not_serving(channel, draining.address)
             served = {(await say_hello(channel)).served_by for _ in range(20)}
             assert served == {other.address}
             await stopping

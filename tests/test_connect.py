@@ -9,7 +9,7 @@ import grpc
 
 import framework
 
-from .support import count_replicas, say_hello, start_greeter
+from .support import all_ready, count_replicas, say_hello, start_greeter, wait_not_serving
 
 
 async def test_calls_spread_over_every_endpoint():
@@ -17,8 +17,7 @@ async def test_calls_spread_over_every_endpoint():
     target = "direct:///" + ",".join(s.address for s in servers)
     try:
         async with framework.connect(target) as channel:
-            await channel.channel_ready()  # one endpoint is READY: let the others follow
-            await asyncio.sleep(0.2)
+            await all_ready(channel, 3)
             served = await count_replicas(channel, 300)
         assert set(served) == {s.address for s in servers}
         # round robin over three READY endpoints: nobody gets far more than a third
@@ -72,7 +71,7 @@ async def test_an_added_endpoint_receives_calls():
         async with framework.connect(resolver) as channel:
             assert set(await count_replicas(channel, 20)) == {first.address}
             resolver.set_endpoints([first.address, second.address])
-            await asyncio.sleep(0.3)
+            await all_ready(channel, 2)
             served = await count_replicas(channel, 100)
             assert set(served) == {first.address, second.address}
             resolver.set_endpoints([second.address])
@@ -117,28 +116,39 @@ async def test_a_removed_endpoint_finishes_its_in_flight_call():
 
 
 async def test_a_draining_server_gets_no_new_calls():
-    draining, other = await start_greeter(shutdown_drain=1.0), await start_greeter()
+    draining, other = await start_greeter(shutdown_drain=2.0), await start_greeter()
     target = f"direct:///{draining.address},{other.address}"
     try:
         async with framework.connect(target) as channel:
-            await channel.channel_ready()
-            await asyncio.sleep(0.2)
+            await all_ready(channel, 2)
             assert set(await count_replicas(channel, 40)) == {draining.address, other.address}
             stopping = asyncio.ensure_future(draining.server.stop())
-            await asyncio.sleep(0.2)  # NOT_SERVING reaches the client's health watch
+            await wait_not_serving(channel, draining.address)
             assert set(await count_replicas(channel, 40)) == {other.address}
             await stopping
     finally:
         await other.server.stop()
 
 
+async def test_when_every_endpoint_drains_calls_still_go_to_them():
+    """Behind a ClusterIP the one endpoint is whichever pod the connection reached; when it
+    drains, failing calls at the client would turn a clean drain into errors. A draining server
+    still answers until its drain ends, so with nothing better the client calls it anyway."""
+    draining = await start_greeter(shutdown_drain=2.0)
+    async with framework.connect(f"direct:///{draining.address}", retry=False) as channel:
+        await channel.channel_ready()
+        stopping = asyncio.ensure_future(draining.server.stop())
+        await wait_not_serving(channel, draining.address)
+        assert (await say_hello(channel)).served_by == draining.address
+        await stopping
+
+
 async def test_without_health_check_a_draining_server_still_gets_calls():
-    draining, other = await start_greeter(shutdown_drain=1.0), await start_greeter()
+    draining, other = await start_greeter(shutdown_drain=2.0), await start_greeter()
     target = f"direct:///{draining.address},{other.address}"
     try:
         async with framework.connect(target, health_check=False) as channel:
-            await channel.channel_ready()
-            await asyncio.sleep(0.2)
+            await all_ready(channel, 2)
             stopping = asyncio.ensure_future(draining.server.stop())
             await asyncio.sleep(0.2)
             assert set(await count_replicas(channel, 40)) == {draining.address, other.address}

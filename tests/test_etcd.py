@@ -4,6 +4,7 @@ and what happens when replicas or etcd itself die."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -14,15 +15,24 @@ import time
 from collections import Counter
 
 import grpc
+import pytest
 
 import framework
 from framework.discovery.etcd import EtcdResolver, connection
 from framework.discovery.etcd.connection import EtcdConfig, EtcdConnection, acquire, release
-from framework.discovery.etcd.registration import FIRST_REGISTRATION_WAIT
+from framework.discovery.etcd.registration import FIRST_REGISTRATION_WAIT, EtcdRegistration
 from framework.discovery.etcd.resolver import PrefixCache, _Follower
 
 from .etcd_server import EtcdServer
-from .support import ROOT, Recorder, free_port, say_hello, start_greeter
+from .support import (
+    ROOT,
+    Recorder,
+    ServerProcess,
+    free_port,
+    say_hello,
+    start_greeter,
+    wait_until,
+)
 
 TTL = 3  # seconds; short so that expiry tests are quick, above etcd's minimum
 
@@ -33,20 +43,11 @@ def registered_replicas(server_process, etcd: EtcdServer, count: int, **env: str
     return [server_process(**env) for _ in range(count)]
 
 
-async def wait_registered(etcd: EtcdServer, addresses: set[str], timeout: float) -> float:
-    """Seconds until exactly ``addresses`` are under greeter/, each key on a live lease."""
-    started = time.monotonic()
-    while True:
-        keys = etcd.keys("greeter/")
-        if set(keys.values()) == addresses and len(keys) == len(addresses):
-            for key in keys:
-                lease = etcd.lease_of(key)
-                assert lease != 0, f"{key} has no lease"
-                assert etcd.lease_ttl(lease) > 0, f"{key} is on a dead lease"
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"after {timeout}s etcd has {keys}, expected {addresses}")
-        await asyncio.sleep(0.1)
+async def wait_serving_and_registered(etcd: EtcdServer, *replicas: ServerProcess) -> None:
+    """A server reports SERVING before it registers, so wait for both."""
+    for replica in replicas:
+        await replica.wait_serving()
+    await etcd.wait_registered({r.address for r in replicas}, timeout=10)
 
 
 class SteadyLoad:
@@ -85,8 +86,7 @@ class SteadyLoad:
 # -- registration and resolution ---------------------------------------------------------------
 async def test_replicas_register_in_go_zero_format_and_calls_spread(server_process, etcd):
     replicas = registered_replicas(server_process, etcd, 3)
-    for replica in replicas:
-        await replica.wait_serving()
+    await wait_serving_and_registered(etcd, *replicas)
     keys = etcd.keys("greeter/")
     assert set(keys.values()) == {r.address for r in replicas}
     for key in keys:  # KEY/<lease id in decimal>, attached to that lease
@@ -104,10 +104,9 @@ async def test_replicas_register_in_go_zero_format_and_calls_spread(server_proce
 
 async def test_sigterm_removes_the_key_before_calls_are_refused(server_process, etcd):
     (replica,) = registered_replicas(server_process, etcd, 1, GZ_SHUTDOWN_DRAIN="1.5s")
-    await replica.wait_serving()
-    assert list(etcd.keys("greeter/").values()) == [replica.address]
+    await wait_serving_and_registered(etcd, replica)
     replica.signal(signal.SIGTERM)
-    await wait_registered(etcd, set(), timeout=1.0)
+    await etcd.wait_registered(set(), timeout=1.0)
     async with grpc.aio.insecure_channel(replica.address) as raw:  # still draining: still answers
         assert (await say_hello(raw)).served_by == replica.address
     assert await replica.wait_exit() == 0
@@ -116,29 +115,28 @@ async def test_sigterm_removes_the_key_before_calls_are_refused(server_process, 
 
 async def test_sigkill_key_expires_after_ttl_and_calls_go_on(server_process, etcd):
     replicas = registered_replicas(server_process, etcd, 3)
-    for replica in replicas:
-        await replica.wait_serving()
+    await wait_serving_and_registered(etcd, *replicas)
     async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
         await channel.channel_ready()
         async with SteadyLoad(channel) as load:
             await asyncio.sleep(0.3)
             replicas[0].signal(signal.SIGKILL)
             killed_at = time.monotonic()
-            await wait_registered(etcd, {r.address for r in replicas[1:]}, timeout=TTL + 2)
+            await etcd.wait_registered({r.address for r in replicas[1:]}, timeout=TTL + 2)
             expired_after = time.monotonic() - killed_at
             before = load.calls
             await asyncio.sleep(0.3)
         assert {e.address for e in channel.endpoints} == {r.address for r in replicas[1:]}
     assert expired_after > TTL - 1  # the key lived on until its lease ran out
     assert load.calls > before
-    # Without retries (the balancing issue) only calls caught on the dead connection fail.
-    print(f"failed calls after SIGKILL: {len(load.failures)} of {load.calls + len(load.failures)}")
-    assert len(load.failures) <= 8, load.failures
+    # A call caught on the dead connection fails UNAVAILABLE, which is always retried on another
+    # replica (framework/middleware/retry.py): no call fails.
+    assert load.failures == [], f"{len(load.failures)} of {load.calls} calls failed"
 
 
 async def test_a_new_replica_gets_calls_within_half_a_second_of_registering(server_process, etcd):
     (first,) = registered_replicas(server_process, etcd, 1)
-    await first.wait_serving()
+    await wait_serving_and_registered(etcd, first)
     watcher = Recorder()
     watching = asyncio.ensure_future(
         EtcdResolver(EtcdConfig((etcd.endpoint,)), "greeter").watch(watcher)
@@ -151,6 +149,8 @@ async def test_a_new_replica_gets_calls_within_half_a_second_of_registering(serv
             for _ in range(1000):
                 if (await say_hello(channel)).served_by == second.address:
                     break
+            else:
+                pytest.fail(f"1000 calls after it registered, none went to {second.address}")
             delay = time.monotonic() - registered_at
     finally:
         watching.cancel()
@@ -160,8 +160,7 @@ async def test_a_new_replica_gets_calls_within_half_a_second_of_registering(serv
 
 async def test_etcd_outage_loses_no_call_and_servers_register_again(server_process, etcd):
     replicas = registered_replicas(server_process, etcd, 3)
-    for replica in replicas:
-        await replica.wait_serving()
+    await wait_serving_and_registered(etcd, *replicas)
     addresses = {r.address for r in replicas}
     async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
         await channel.channel_ready()
@@ -171,12 +170,18 @@ async def test_etcd_outage_loses_no_call_and_servers_register_again(server_proce
             await asyncio.sleep(15)
             assert set(load.served) == addresses and not load.failures
             etcd.restart()
-            same_dir = await wait_registered(etcd, addresses, timeout=TTL + 1)
+            same_dir = await etcd.wait_registered(addresses, timeout=TTL + 1)
+            # The keys survived on their old leases, which etcd restores with a fresh TTL: only
+            # the servers' keepalives can keep them past one more TTL.
+            leases = {key: etcd.lease_of(key) for key in etcd.keys("greeter/")}
+            await asyncio.sleep(TTL + 1)
+            await etcd.wait_registered(addresses, timeout=0)
+            assert {key: etcd.lease_of(key) for key in etcd.keys("greeter/")} == leases
             # down again, then back with a wiped data dir: every server registers anew
             etcd.stop()
             await asyncio.sleep(2)
             etcd.restart(wipe=True)
-            wiped = await wait_registered(etcd, addresses, timeout=TTL + 1)
+            wiped = await etcd.wait_registered(addresses, timeout=TTL + 1)
             calls_before = load.calls
             await asyncio.sleep(1)
         assert load.calls > calls_before
@@ -192,7 +197,7 @@ async def test_a_server_serves_while_etcd_is_down_and_registers_when_it_comes(se
         await replica.wait_serving()  # serving without etcd
         await asyncio.sleep(FIRST_REGISTRATION_WAIT + 0.5)  # start-up gave up waiting for etcd
         etcd.start()
-        await wait_registered(etcd, {replica.address}, timeout=5)
+        await etcd.wait_registered({replica.address}, timeout=5)
         replica.signal(signal.SIGTERM)
         assert await replica.wait_exit() == 0
         log = replica.stderr()
@@ -204,9 +209,119 @@ async def test_a_server_serves_while_etcd_is_down_and_registers_when_it_comes(se
 
 async def test_a_key_deleted_by_hand_is_put_again(server_process, etcd):
     (replica,) = registered_replicas(server_process, etcd, 1)
-    await replica.wait_serving()
+    await wait_serving_and_registered(etcd, replica)
     etcd.etcdctl("del", "--prefix", "greeter/")
-    await wait_registered(etcd, {replica.address}, timeout=TTL + 1)
+    await etcd.wait_registered({replica.address}, timeout=TTL + 1)
+
+
+# -- errors etcd is not expected to give ------------------------------------------------------
+def fail_etcd_calls(monkeypatch, operation: str, code: grpc.StatusCode, times: int) -> list[str]:
+    """Make the next ``times`` etcd calls whose operation starts with ``operation`` fail with
+    ``code``, as if etcd had answered so; the list grows by one per injected failure."""
+    failed: list[str] = []
+    original = EtcdConnection.run
+
+    async def run(self, name, call):
+        if name.startswith(operation) and len(failed) < times:
+            failed.append(name)
+
+            async def answer():
+                raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           details=f"injected {code.name}")  # fmt: skip
+
+            return await original(self, name, answer)
+        return await original(self, name, call)
+
+    monkeypatch.setattr(EtcdConnection, "run", run)
+    return failed
+
+
+def etcd_warnings(caplog, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and text in r.getMessage()]  # fmt: skip
+
+
+async def test_registration_outlives_errors_etcd_is_not_expected_to_give(etcd, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, "gz.discovery.etcd")
+    grants = fail_etcd_calls(monkeypatch, "grant", grpc.StatusCode.RESOURCE_EXHAUSTED, times=3)
+    registration = EtcdRegistration(EtcdConfig((etcd.endpoint,)), "greeter", ttl=TTL)
+    await registration.register("127.0.0.1:1001")
+    try:
+        assert len(grants) == 3
+        assert etcd.keys("greeter/") == {registration.full_key: "127.0.0.1:1001"}
+        key = registration.full_key
+        # one keepalive of every TTL/3 fails: the next one still comes before the TTL runs out
+        keepalives = fail_etcd_calls(monkeypatch, "keep", grpc.StatusCode.INTERNAL, times=1)
+        await asyncio.sleep(TTL + 1)
+        assert len(keepalives) == 1
+        await etcd.wait_registered({"127.0.0.1:1001"}, timeout=0)
+        assert registration.full_key == key
+    finally:
+        await registration.deregister()
+    assert etcd.keys("greeter/") == {}
+    assert len(etcd_warnings(caplog, "RESOURCE_EXHAUSTED")) == 1  # once, not once per retry
+    assert len(etcd_warnings(caplog, "INTERNAL")) == 1
+
+
+async def test_a_lease_lost_before_the_put_is_granted_again(etcd, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, "gz.discovery.etcd")
+    puts = fail_etcd_calls(monkeypatch, "put", grpc.StatusCode.NOT_FOUND, times=1)
+    registration = EtcdRegistration(EtcdConfig((etcd.endpoint,)), "greeter", ttl=TTL)
+    await registration.register("127.0.0.1:1001")
+    try:  # register() returned once the key was really put, not after the failed put
+        assert len(puts) == 1
+        assert etcd.keys("greeter/") == {registration.full_key: "127.0.0.1:1001"}
+    finally:
+        await registration.deregister()
+    logged = [r.getMessage() for r in caplog.records]
+    assert not [line for line in logged if "greeter/None" in line], logged
+    assert len([line for line in logged if line.startswith("registered greeter/")]) == 1, logged
+    assert len(etcd_warnings(caplog, "before greeter/")) == 1, logged
+
+
+async def test_deregister_revokes_the_lease_whatever_the_loop_ended_with(etcd, caplog):
+    registration = EtcdRegistration(EtcdConfig((etcd.endpoint,)), "greeter", ttl=TTL)
+    await registration.register("127.0.0.1:1001")
+    lease = registration.lease
+    assert lease is not None and etcd.lease_ttl(lease) > 0
+    running = registration._task
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+
+    async def broken() -> None:
+        raise RuntimeError("a bug in the loop")
+
+    registration._task = asyncio.ensure_future(broken())
+    await asyncio.sleep(0)
+    await registration.deregister()  # does not raise the loop's error
+    assert etcd.lease_ttl(lease) == -1 and etcd.keys("greeter/") == {}
+    assert etcd_warnings(caplog, "a bug in the loop")
+
+
+async def test_deregister_of_a_lease_etcd_already_dropped_does_not_raise(etcd, caplog):
+    caplog.set_level(logging.INFO, "gz.discovery.etcd")
+    registration = EtcdRegistration(EtcdConfig((etcd.endpoint,)), "greeter", ttl=TTL)
+    await registration.register("127.0.0.1:1001")
+    etcd.etcdctl("lease", "revoke", format(registration.lease, "x"))
+    await registration.deregister()
+    assert any("already dropped" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_resolver_outlives_errors_etcd_is_not_expected_to_give(etcd, monkeypatch):
+    etcd.etcdctl("put", "greeter/1", "127.0.0.1:1001")
+    reads = fail_etcd_calls(monkeypatch, "read", grpc.StatusCode.RESOURCE_EXHAUSTED, times=3)
+    listener = Recorder()
+    resolver = EtcdResolver(EtcdConfig((etcd.endpoint,)), "greeter")
+    watching = asyncio.ensure_future(resolver.watch(listener))
+    try:
+        await listener.wait_for_set({"127.0.0.1:1001"})
+        etcd.etcdctl("put", "greeter/2", "127.0.0.1:1002")  # and it follows changes
+        await listener.wait_for_set({"127.0.0.1:1001", "127.0.0.1:1002"})
+    finally:
+        watching.cancel()
+    assert len(reads) == 3
+    assert len(listener.errors) == 1 and "RESOURCE_EXHAUSTED" in listener.errors[0]
 
 
 # -- keys written by others --------------------------------------------------------------------
@@ -301,8 +416,7 @@ async def test_etcd_with_a_user_and_password(server_process, etcd, monkeypatch):
     etcd.enable_auth("gz", "s3cret")
     (replica,) = registered_replicas(server_process, etcd, 1, GZ_ETCD_USERNAME="gz",
                                      GZ_ETCD_PASSWORD="s3cret")  # fmt: skip
-    await replica.wait_serving()
-    await wait_registered(etcd, {replica.address}, timeout=2)
+    await wait_serving_and_registered(etcd, replica)
     monkeypatch.setenv("GZ_ETCD_ENDPOINTS", etcd.endpoint)
     monkeypatch.setenv("GZ_ETCD_USERNAME", "gz")
     monkeypatch.setenv("GZ_ETCD_PASSWORD", "s3cret")
@@ -311,7 +425,7 @@ async def test_etcd_with_a_user_and_password(server_process, etcd, monkeypatch):
     # etcd restarted: its simple tokens are gone, the server logs in again and stays registered
     etcd.restart()
     etcd.etcdctl("del", "--prefix", "greeter/")
-    await wait_registered(etcd, {replica.address}, timeout=TTL + 2)
+    await etcd.wait_registered({replica.address}, timeout=TTL + 2)
 
     wrong = gz_resolve("etcd:///greeter", GZ_ETCD_ENDPOINTS=etcd.endpoint,
                        GZ_ETCD_USERNAME="gz", GZ_ETCD_PASSWORD="wrong")  # fmt: skip
@@ -329,6 +443,7 @@ async def test_a_server_with_a_wrong_password_serves_and_says_why(server_process
     (replica,) = registered_replicas(server_process, etcd, 1, GZ_ETCD_USERNAME="gz",
                                      GZ_ETCD_PASSWORD="nope")  # fmt: skip
     await replica.wait_serving(timeout=20)
+    await wait_until(lambda: "rejected user" in replica.stderr(), 10, "told why")
     replica.signal(signal.SIGTERM)
     assert await replica.wait_exit() == 0
     complaints = [line for line in replica.stderr().splitlines() if "rejected user" in line]
@@ -340,8 +455,7 @@ async def test_etcd_with_mutual_tls(server_process):
     etcd = EtcdServer(tls=True).start()
     try:
         (replica,) = registered_replicas(server_process, etcd, 1, **etcd.tls_env())
-        await replica.wait_serving()
-        await wait_registered(etcd, {replica.address}, timeout=2)
+        await wait_serving_and_registered(etcd, replica)
         done = gz_resolve("etcd:///greeter", "--json", **etcd.tls_env())
         assert json.loads(done.stdout)["endpoints"] == [replica.address], done.stderr
         # a client that does not trust etcd's CA says so instead of hanging
@@ -373,3 +487,30 @@ def test_gz_resolve_prints_the_registered_set(etcd):
     assert json.loads(done.stdout)["endpoints"] == ["127.0.0.1:1001", "[::1]:1002"]
     down = gz_resolve(f"etcd://127.0.0.1:{free_port()}/greeter", "--timeout", "10")
     assert down.returncode == 1 and "etcd did not answer" in down.stderr
+
+
+async def test_gz_resolve_watch_prints_a_new_replica(server_process, etcd):
+    (first,) = registered_replicas(server_process, etcd, 1)
+    await wait_serving_and_registered(etcd, first)
+    target = f"etcd://{etcd.endpoint}/greeter"
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "scaffold.cli", "resolve", target, "--watch"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("GZ_")},
+             "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+    async def lines(count: int) -> list[str]:
+        read = [asyncio.to_thread(watching.stdout.readline) for _ in range(count)]
+        return [(await asyncio.wait_for(line, 20)).rstrip("\n") for line in read]
+
+    try:
+        assert await lines(2) == [f"{target}: 1 endpoints", f"  {first.address}"]
+        (second,) = registered_replicas(server_process, etcd, 1)
+        await wait_serving_and_registered(etcd, first, second)
+        header, *listed = await lines(3)
+        assert header == f"{target}: 2 endpoints"
+        assert set(listed) == {f"  {first.address}", f"  {second.address}"}
+    finally:
+        watching.kill()
+        watching.wait()

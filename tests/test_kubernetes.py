@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,8 +18,11 @@ from pathlib import Path
 import pytest
 
 import framework
+from framework.backoff import Backoff
 from framework.discovery import FORMS, Endpoint, TargetError, build_resolver, parse_target
-from framework.discovery.kubernetes import KubernetesResolver, parse_kube_target
+from framework.discovery.kubernetes import STOP_WAIT, KubernetesResolver, parse_kube_target
+from framework.discovery.kubernetes.api import explain
+from framework.discovery.kubernetes.watcher import SliceWatcher
 
 from .kube_api import KubeApiServer, endpoint_slice
 from .support import ROOT, Recorder, count_replicas, free_port, say_hello, start_greeter, wait_until
@@ -186,6 +190,107 @@ async def test_odd_slices_are_skipped_with_a_warning_naming_them(kube, caplog):
                  "mangled"):  # fmt: skip
         assert f"EndpointSlice '{name}'" in warnings
     assert "EndpointSlice 'good'" not in warnings
+
+
+async def test_a_port_name_that_is_not_a_string_is_skipped_not_taken_for_an_outage(kube):
+    ports = [{"name": 7, "protocol": "TCP", "port": 8080},
+             {"name": "metrics", "protocol": "TCP", "port": 9100}]  # fmt: skip
+    kube.put_slice(NS, endpoint_slice("odd-names", SERVICE, ["10.0.0.1"], ports=ports))
+    async with resolving() as seen:
+        await seen.wait_for(lambda: bool(seen.errors))
+        await asyncio.sleep(0.3)  # no crash, so no retries and no second report
+        assert len(seen.errors) == 1, seen.errors
+        assert "has a port named 'grpc' (its ports: 'metrics')" in seen.errors[0]
+        kube.put_slice(NS, endpoint_slice("good", SERVICE, ["10.0.0.2"]))
+        await seen.wait_for_set(at(["10.0.0.2"]))
+        assert len(kube.lists) == 1
+
+
+async def test_malformed_events_and_list_items_are_skipped_with_a_warning_naming_them(kube, caplog):
+    caplog.set_level(logging.WARNING, logger="gz.discovery.k8s")
+    kube.put_slice(NS, endpoint_slice("good", SERVICE, ["10.0.0.1"]))
+    kube.list_extras.extend(["not a slice", {"metadata": ["not", "metadata"]}])
+    async with resolving() as seen:
+        await seen.wait_for_set(at(["10.0.0.1"]))
+        await wait_until(lambda: kube.open_watches() == 1, 3.0)
+        for event in (
+            {"type": "ADDED", "object": ["not", "a", "slice"]},
+            {"type": "MODIFIED", "object": {"metadata": "not metadata"}},
+            {"type": "ADDED", "object": {"metadata": {"name": "bare"}}},  # no fields at all
+            {"type": "DELETED", "object": None},
+            {"type": "ADDED"},
+        ):
+            kube.put_raw_event(NS, event)
+        kube.put_slice(NS, endpoint_slice("late", SERVICE, ["10.0.0.2"]))
+        await seen.wait_for_set(at(["10.0.0.1", "10.0.0.2"]))
+        assert not seen.errors and len(kube.lists) == 1  # nothing failed, nothing relisted
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("EndpointSlice 'bare'" in w and "has no ports" in w for w in warnings), warnings
+    for what in ("an item of the EndpointSlice list that is not an object",
+                 "an ADDED event whose object is not an object",
+                 "a MODIFIED event whose object has no metadata.name",
+                 "a DELETED event without an object",
+                 "an ADDED event without an object"):  # fmt: skip
+        assert any(what in w and "'greeter'" in w for w in warnings), (what, warnings)
+
+
+def test_an_unexpected_failure_is_not_blamed_on_the_network():
+    target = parse_kube_target(parse_target(TARGET))
+    message = explain(TypeError("'<' not supported"), target, "https://10.0.0.1:443")
+    assert "cannot reach" not in message and "TypeError" in message
+    assert "cannot reach" in explain(ConnectionRefusedError(111, "refused"), target, "https://h")
+
+
+# -- stopping ------------------------------------------------------------------------------------
+def worker_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    """The k8s worker threads started since ``before`` that are still running."""
+    return [t for t in threading.enumerate() if t.name.startswith("gz-k8s ") and t not in before]
+
+
+@pytest.mark.parametrize("after_headers", [False, True], ids=["before-response", "mid-body"])
+async def test_cancelling_during_a_hanging_list_ends_the_thread_at_once(kube, after_headers):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
+    before = set(threading.enumerate())
+    with kube.hanging_lists(after_headers):
+        async with resolving() as seen:
+            await wait_until(lambda: bool(kube.lists), 5.0)
+            await asyncio.sleep(0.2)  # the worker is now blocked reading the answer
+            assert len(worker_threads(before)) == 1 and not seen.updates
+            cancelled = time.monotonic()
+        # the watch waits up to STOP_WAIT for the thread; it must not need all of it
+        assert time.monotonic() - cancelled < STOP_WAIT / 2
+        await wait_until(lambda: not worker_threads(before), STOP_WAIT, "the thread ended")
+
+
+class _Interruptible:
+    def __init__(self) -> None:
+        self.interrupted = 0
+
+    def interrupt(self) -> None:
+        self.interrupted += 1
+
+
+def test_stop_reads_the_client_once_while_the_worker_drops_it():
+    """The worker sets _api to None after a 401 while stop() may run in another thread: stop
+    must not test _api and then call it through a second read that finds None."""
+    client = _Interruptible()
+
+    class Racing(SliceWatcher):
+        reads = 0
+
+        @property
+        def _api(self):  # the first read sees the client, later ones see the worker's None
+            self.reads += 1
+            return client if self.reads == 1 else None
+
+        @_api.setter
+        def _api(self, value) -> None:
+            pass
+
+    target = parse_kube_target(parse_target(TARGET))
+    watcher = Racing(target, TARGET, print, print, backoff=Backoff())
+    watcher.stop()
+    assert client.interrupted == 1
 
 
 # -- resourceVersion, 410, reconnects ---------------------------------------------------------

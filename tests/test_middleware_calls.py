@@ -12,6 +12,7 @@ import time
 import grpc
 import pytest
 
+import framework
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
 from framework.logs import JsonFormatter
@@ -20,7 +21,7 @@ from framework.middleware.deadline import Deadline, _inherited, time_remaining
 from framework.middleware.shedding import BUCKET_SECONDS, Shedding
 
 from .middleware_relay import SECRET, Relay
-from .support import ROOT, say_hello, start_greeter
+from .support import ROOT, say_hello, start_greeter, wait_until
 
 
 @pytest.fixture
@@ -44,7 +45,14 @@ async def test_a_handler_exception_is_internal_with_an_error_id_and_logged(relay
     (logged,) = [r for r in caplog.records if r.name == "gz.recovery"]
     assert logged.error_id == error_id and logged.levelno == logging.ERROR
     assert SECRET in caplog.text  # the stack trace, with the exception text, is in the log
-    (line,) = [r for r in caplog.records if r.name == "gz.call"]
+
+    # Recovery aborts the call, which sends the status before the call log (outside recovery)
+    # writes its line: the client may see the status first.
+    def call_lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "gz.call"]
+
+    await wait_until(call_lines, 10, "the call logged")
+    (line,) = call_lines()
     assert (line.code, line.error_id, line.side) == ("INTERNAL", error_id, "server")
 
 
@@ -136,6 +144,45 @@ async def test_client_deadlines_default_per_method_and_capped_by_the_inherited_o
         finally:
             _inherited.reset(token)
     assert [round(s, 1) for s in seen] == [0.5, 0.1, 2.0, 0.1, 5.0, 0.1]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "method_timeouts", "expires"),
+    [
+        ("30s", "SayHello=200ms", "SayHello"),  # the method's own entry
+        ("200ms", "greeter.v1.Greeter/SayHello=30s", "LotsOfReplies"),  # GZ_TIMEOUT for the rest
+    ],
+)
+async def test_gz_timeout_and_gz_method_timeouts_from_the_environment_through_connect(
+    monkeypatch, timeout, method_timeouts, expires
+):
+    """A 200 ms default deadline against a 2 s handler expires; the other method's deadline
+    (30 s) lets its 0.3 s handler finish: wide margins for a loaded machine."""
+    monkeypatch.setenv("GZ_TIMEOUT", timeout)
+    monkeypatch.setenv("GZ_METHOD_TIMEOUTS", method_timeouts)
+    service = await start_greeter()
+
+    async def outcome(stub: greeter_pb2_grpc.GreeterStub, method: str) -> grpc.StatusCode:
+        request = greeter_pb2.HelloRequest(count=1, delay_seconds=2.0 if method == expires else 0.3)
+        try:
+            if method == "SayHello":
+                await stub.SayHello(request)
+            else:
+                [reply async for reply in stub.LotsOfReplies(request)]
+        except grpc.RpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    try:
+        async with framework.connect(f"direct:///{service.address}") as channel:  # settings: env
+            stub = greeter_pb2_grpc.GreeterStub(channel)
+            codes = {
+                method: await outcome(stub, method) for method in ("SayHello", "LotsOfReplies")
+            }
+    finally:
+        await service.server.stop()
+    expected = {method: grpc.StatusCode.OK for method in codes}
+    assert codes == {**expected, expires: grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 class AsyncProbe(Greeter):

@@ -14,9 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import framework
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
+from framework.discovery import Listener, Resolver
 from framework.middleware.metrics import BUCKETS
 
-from .support import free_port, say_hello
+from .support import free_port, say_hello, wait_until
 
 UNARY = {"grpc_type": "unary", "grpc_service": "greeter.v1.Greeter", "grpc_method": "SayHello"}
 STREAM = {**UNARY, "grpc_type": "server_stream", "grpc_method": "LotsOfReplies"}
@@ -46,7 +47,7 @@ def http_get(url: str) -> tuple[int, str]:
 async def test_metrics_endpoint_counts_calls_per_code_with_go_buckets(server_process):
     port = free_port()
     server = server_process("-m", "tests.middleware_relay", GZ_METRICS_PORT=str(port),
-                            GZ_SHUTDOWN_DRAIN="1")  # fmt: skip
+                            GZ_SHUTDOWN_DRAIN="2")  # fmt: skip
     await server.wait_serving()
     base = f"http://127.0.0.1:{port}"
     async with grpc.aio.insecure_channel(server.address) as channel:
@@ -82,8 +83,11 @@ async def test_metrics_endpoint_counts_calls_per_code_with_go_buckets(server_pro
     assert await asyncio.to_thread(http_get, f"{base}/healthz") == (200, "ok\n")
     assert (await asyncio.to_thread(http_get, f"{base}/readyz"))[0] == 200
     server.signal()  # draining for GZ_SHUTDOWN_DRAIN: not ready any more, still alive
-    await asyncio.sleep(0.3)
-    assert (await asyncio.to_thread(http_get, f"{base}/readyz"))[0] == 503
+
+    async def not_ready() -> bool:
+        return (await asyncio.to_thread(http_get, f"{base}/readyz"))[0] == 503
+
+    await wait_until(not_ready, 5, "/readyz 503 while draining", poll=0.05)
     assert (await asyncio.to_thread(http_get, f"{base}/healthz"))[0] == 200
     assert await server.wait_exit() == 0
 
@@ -108,6 +112,31 @@ async def test_client_metrics_resolver_and_picks_in_this_process(server_process)
     assert grew("gz_balancer_picks_total", endpoint=server.address) == 5
     assert value(after, "gz_resolver_endpoints", target=target) == 1
     assert grew("gz_resolver_updates_total", target=target) >= 1
+
+
+class FailingResolver(Resolver):
+    """Reports resolution errors and never an endpoint."""
+
+    target = "test:///failing-resolver"
+
+    def __init__(self, errors: int) -> None:
+        self.errors = errors
+
+    async def watch(self, listener: Listener) -> None:
+        for _ in range(self.errors):
+            listener.error(f"{self.target}: lookup failed")
+        await asyncio.Event().wait()
+
+
+async def test_resolver_errors_are_counted_per_target():
+    def errors() -> float:
+        parsed = samples(generate_latest(REGISTRY).decode())
+        return value(parsed, "gz_resolver_errors_total", target=FailingResolver.target)
+
+    before = errors()
+    async with framework.connect(FailingResolver(errors=2)):  # resolving starts on entering
+        await wait_until(lambda: errors() - before >= 2, 10, "two errors counted")
+    assert errors() - before == 2
 
 
 async def test_metrics_switched_off_counts_nothing(server_process):

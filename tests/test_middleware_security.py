@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import grpc
 import pytest
-import trustme
 
 import framework
 from examples.greeter.server import Greeter
@@ -70,31 +68,6 @@ async def test_a_check_function_may_be_async_and_decides():
 def test_token_auth_without_tokens_or_check_says_what_to_configure():
     with pytest.raises(ValueError, match="GZ_AUTH_TOKENS"):
         TokenAuth()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A CA with a server and a client certificate, and a second, unrelated CA with a client
-    certificate of its own: file paths by name."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca, other_ca = trustme.CA(), trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("client.example")
-    stranger = other_ca.issue_cert("stranger.example")
-    files: dict[str, str] = {}
-
-    def write(name: str, blob: trustme.Blob | list[trustme.Blob]) -> None:
-        path = Path(directory, f"{name}.pem")
-        blobs = blob if isinstance(blob, list) else [blob]
-        path.write_bytes(b"".join(b.bytes() for b in blobs))
-        files[name] = str(path)
-
-    write("ca", ca.cert_pem)
-    write("other_ca", other_ca.cert_pem)
-    for name, cert in (("server", server), ("client", client), ("stranger", stranger)):
-        write(f"{name}_cert", cert.cert_chain_pems)
-        write(f"{name}_key", cert.private_key_pem)
-    return files
 
 
 async def test_tls_the_client_verifies_the_server_against_its_ca(pki):

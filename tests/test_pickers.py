@@ -16,6 +16,7 @@ from framework.balancing.outlier import Outcomes
 from framework.balancing.pool import SubchannelPool
 from framework.middleware import Kind, Method
 from framework.middleware.retry import RetryBudget, RetryPolicy
+from framework.window import SlidingCount
 
 from .support import free_port
 
@@ -115,15 +116,58 @@ def test_the_latency_average_is_a_plain_mean_while_it_has_few_samples():
     assert load.ewma_us == pytest.approx(11_000)
 
 
-def test_the_retry_budget_allows_a_fifth_of_the_calls_plus_a_reserve():
-    budget = RetryBudget(RetryPolicy(budget_ratio=0.2, budget_min_per_second=1, budget_window=10))
+def test_the_retry_budget_allows_a_fifth_of_the_calls_or_the_reserve_not_both():
+    budget = RetryBudget(RetryPolicy())  # the defaults: 20%, a reserve of 1/s over 10 s
     now = 5000.0
     for _ in range(100):
         budget.record_call(now)
     spent = sum(budget.try_spend(now) for _ in range(100))
-    assert spent == 30  # 20% of 100 calls, plus the reserve of 1/s over 10 s
+    assert spent == 20  # 20% of 100 calls; the reserve of 10 is not added
     assert not budget.try_spend(now + 9.5)  # still inside the window
     assert budget.try_spend(now + 11)  # the window moved past them
+
+
+def test_the_retry_budget_reserve_lets_a_quiet_client_retry_a_few_failures():
+    budget = RetryBudget(RetryPolicy())
+    now = 5000.0
+    budget.record_call(now)
+    assert budget.try_spend(now) and budget.try_spend(now)  # one call, both its retries
+    for second in range(1, 5):  # a call a second: 20% would be under one retry
+        budget.record_call(now + second)
+    assert sum(budget.try_spend(now + 4) for _ in range(20)) == 8  # the reserve: 10 in all
+    assert not budget.try_spend(now + 9.9)
+    assert budget.try_spend(now + 10.0)  # the first second's two retries left the window
+
+
+def test_the_retry_budget_keeps_retries_within_a_fifth_above_the_reserve():
+    """Steady traffic over a minute: every window's retries stay within 20% of its calls once
+    those are above reserve / ratio (50 per window)."""
+    budget = RetryBudget(RetryPolicy())
+    calls, retries = [], []
+    for tick in range(6000):  # 100 calls a second, each wanting two retries
+        now = 1000.0 + tick / 100
+        budget.record_call(now)
+        calls.append(now)
+        retries += [now for _ in range(2) if budget.try_spend(now)]
+    for end in range(1010, 1060):
+        in_window = sum(end - 10 <= t < end for t in calls)
+        retried = sum(end - 10 <= t < end for t in retries)
+        assert retried <= 0.2 * in_window, (end, retried, in_window)
+    assert len(retries) >= 0.19 * len(calls)  # and the budget is used, not starved
+
+
+def test_a_sliding_count_forgets_a_second_at_a_time():
+    count = SlidingCount(10)
+    count.add(100.2)
+    count.add(105.7, 3)
+    assert count.value(109.9) == 4
+    assert count.value(110.0) == 3  # second 100 left the window; 105 is still in it
+    count.add(109.0)  # a time read a little earlier lands in the newest bucket, not lost
+    assert count.value(115.5) == 1
+    assert count.value(200.0) == 0
+    count.add(200.0, 2)
+    count.clear()
+    assert count.value(200.0) == 0
 
 
 def test_the_retry_policy_retries_unavailable_always_and_more_when_idempotent():
@@ -159,6 +203,32 @@ def test_more_than_half_failing_calls_eject():
     outcomes = Outcomes()
     results = [outcomes.record(code, 1.0) for code in [OK, UNAVAILABLE] * 10 + [UNAVAILABLE]]
     assert results[-1] and not any(results[:-1])  # 11 of 21 failed, never 5 in a row
+
+
+def test_a_failure_burst_straddling_a_ten_second_boundary_still_ejects():
+    """A window restarting 10 s after its first call split this burst in two, each under the
+    rule: 10 + 13 calls with 11 failures (not over half) before the restart, 14 (under 20)
+    after, and the endpoint was never ejected. The sliding window sees the burst whole."""
+    outcomes = Outcomes()
+    assert not any(outcomes.record(OK, 0.0) for _ in range(10))  # a quiet start
+    burst = [UNAVAILABLE] * 4 + [OK]  # 80% failing, never 5 in a row
+    ejected_at = None
+    for i in range(27):
+        now = 9.5 + i * 0.04  # from 9.5 s to 10.54 s
+        if outcomes.record(burst[i % 5], now):
+            ejected_at = now
+            break
+    assert ejected_at == pytest.approx(10.3)  # as soon as 20 calls of the burst were counted
+
+
+def test_failures_older_than_the_window_do_not_count():
+    outcomes = Outcomes()
+    for i in range(10):  # 50% failing, not more: no ejection
+        assert not outcomes.record(UNAVAILABLE, 1.0 + i * 0.1)
+        assert not outcomes.record(OK, 1.0 + i * 0.1)
+    # 11 s later those are gone: 11 calls, 6 failing, are under MIN_CALLS on their own
+    results = [outcomes.record(code, 12.0) for code in [UNAVAILABLE, OK] * 5 + [UNAVAILABLE]]
+    assert not any(results)
 
 
 async def test_the_pool_never_ejects_more_than_half_and_readmits_later(monkeypatch):

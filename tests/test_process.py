@@ -10,8 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 import framework
+from examples.greeter import greeter_pb2, greeter_pb2_grpc
 
-from .support import health_status, say_hello
+from .support import health_status, say_hello, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -45,20 +46,38 @@ async def test_drain_finishes_in_flight_call_and_refuses_new_ones(server_process
     server = server_process(GZ_SHUTDOWN_DRAIN="1s", GZ_SHUTDOWN_GRACE="10s")
     await server.wait_serving()
     async with grpc.aio.insecure_channel(server.address) as channel:
-        slow = asyncio.ensure_future(say_hello(channel, "slow", delay_seconds=2.0))
+        slow = asyncio.ensure_future(say_hello(channel, "slow", delay_seconds=4.0))
         await asyncio.sleep(0.3)  # the slow call is in the handler now
         server.signal(signum)
+
         # during the drain: still answering, but health says NOT_SERVING
-        await asyncio.sleep(0.3)
-        assert await health_status(server.address) == NOT_SERVING
+        async def not_serving() -> bool:
+            return await health_status(server.address) == NOT_SERVING
+
+        await wait_until(not_serving, 5, "NOT_SERVING")
         assert await health_status(server.address, "greeter.v1.Greeter") == NOT_SERVING
+        # after the drain, while the slow call still runs: new calls are refused
+        refused = await first_refusal(server.address, until=slow)
+        assert refused is grpc.StatusCode.UNAVAILABLE
+        assert not slow.done() and server.process.poll() is None
         reply = await slow
         assert reply.message == "Hello, slow!"
     assert await server.wait_exit() == 0
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await say_hello(channel, "late")
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def first_refusal(address: str, until: asyncio.Future[object]) -> grpc.StatusCode | None:
+    """Call ``address`` on fresh connections until a call fails; its code (None if ``until``
+    finished first)."""
+    while not until.done():
+        async with grpc.aio.insecure_channel(address) as channel:
+            try:
+                await greeter_pb2_grpc.GreeterStub(channel).SayHello(
+                    greeter_pb2.HelloRequest(name="late"), timeout=1
+                )
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+        await asyncio.sleep(0.05)
+    return None
 
 
 async def test_second_signal_stops_at_once(server_process):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import grpc
 import pytest
@@ -11,6 +12,7 @@ import pytest
 import framework
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
+from framework.balancing import outlier
 from framework.balancing.attempts import UnaryAttempts
 from framework.balancing.calls import ChainedCall
 
@@ -21,13 +23,16 @@ REQUEST = greeter_pb2.HelloRequest(name="retry")
 
 
 class Failing(Greeter):
-    """Fails every SayHello and every LotsOfReplies (before its first reply) with ``code``."""
+    """Fails every SayHello and every LotsOfReplies (before its first reply) with ``code``;
+    ``names`` has the request name of every SayHello it had."""
 
     code = grpc.StatusCode.UNAVAILABLE
     calls = 0
+    names: tuple[str, ...] = ()
 
     async def SayHello(self, request, context):
         self.calls += 1
+        self.names += (request.name,)
         await asyncio.sleep(request.delay_seconds)
         await context.abort(self.code, f"{self.address} fails on purpose")
 
@@ -35,6 +40,25 @@ class Failing(Greeter):
         self.calls += 1
         await context.abort(self.code, f"{self.address} fails on purpose")
         yield  # an async generator, as the method it replaces
+
+
+class Slow(Greeter):
+    """Answers every SayHello after 10 ms."""
+
+    async def SayHello(self, request, context):
+        await asyncio.sleep(0.01)
+        return await super().SayHello(request, context)
+
+
+class FailingAfterAReply(Greeter):
+    """Every LotsOfReplies sends one reply, then fails with UNAVAILABLE."""
+
+    calls = 0
+
+    async def LotsOfReplies(self, request, context):
+        self.calls += 1
+        yield self.reply("the first and last")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.address} fails after a reply")
 
 
 @pytest.fixture
@@ -113,6 +137,80 @@ async def test_a_call_gets_at_most_max_attempts_each_on_another_endpoint(servers
         assert sum(s.calls for s in failing) - before == 3
         assert await call.code() == grpc.StatusCode.UNAVAILABLE
         assert "fails on purpose" in await call.details()
+
+
+async def test_a_lone_failing_call_gets_its_retries_from_the_budget_reserve(servers):
+    """At low traffic 20% of the calls is less than one retry; the reserve still lets a call
+    use all its attempts (default policy)."""
+    failing = [await servers(Failing) for _ in range(3)]
+    async with connect(*failing) as channel:
+        assert channel.retry is not None and channel.retry.policy == framework.RetryPolicy()
+        stub = await ready(channel)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.SayHello(REQUEST)
+        assert sum(s.calls for s in failing) == 3
+
+
+@pytest.mark.parametrize("chained", [False, True], ids=["hot_path", "chained"])
+async def test_each_attempt_of_a_call_goes_to_another_endpoint_under_p2c_ewma(
+    servers, monkeypatch, chained
+):
+    """Two of three endpoints fail at once and the healthy one takes 10 ms, so p2c_ewma, which
+    favours fast endpoints, keeps drawing the failing ones: only the channel's memory of what a
+    call tried sends its next attempt elsewhere, and with 3 attempts every call succeeds."""
+    # ejection would take a failing endpoint out of the draw and hide a repeated pick
+    monkeypatch.setattr(outlier, "CONSECUTIVE", 10**9)
+    monkeypatch.setattr(outlier, "MIN_CALLS", 10**9)
+    failing = [await servers(Failing) for _ in range(2)]
+    healthy = await servers(Slow)
+    seen: dict[str, list[tuple[int, str | None]]] = {}  # per call: (attempt, peer) of each
+
+    class Record(framework.Middleware):
+        async def unary(self, ctx, request, call_next):
+            try:
+                return await call_next(ctx, request)
+            finally:
+                seen.setdefault(request.name, []).append((ctx.state["attempt"], ctx.peer))
+
+    target = "direct:///" + ",".join(s.address for s in [*failing, healthy])
+    every_retry = framework.RetryPolicy(budget_ratio=2.0)  # the budget is tested elsewhere
+    async with framework.connect(
+        target,
+        middleware=[Record()] if chained else [],
+        retry=every_retry,
+        settings=hot_path_settings(),
+    ) as channel:
+        assert channel.balancer == "p2c_ewma"
+        stub = await ready(channel)
+        names = [f"call {i}" for i in range(30)]
+        replies = [await stub.SayHello(greeter_pb2.HelloRequest(name=name)) for name in names]
+    assert {reply.served_by for reply in replies} == {healthy.address}
+    for server in failing:  # no call came back to an endpoint that had failed it
+        assert len(server.names) == len(set(server.names)), server.names
+    tried = {name: sorted(s.address for s in failing if name in s.names) for name in names}
+    print("failed attempts per call:", Counter(len(t) for t in tried.values()))
+    assert any(len(t) == 2 for t in tried.values())  # some went to all three
+    if chained:  # the middleware saw each attempt with its own endpoint
+        for name in names:
+            attempts, peers = zip(*seen[name], strict=True)
+            assert attempts == tuple(range(1, len(tried[name]) + 2))
+            assert sorted(peers[:-1]) == tried[name] and peers[-1] == healthy.address
+
+
+async def test_a_stream_is_not_retried_once_a_reply_arrived(servers):
+    """Part of the answer reached the caller: a retry would repeat it, so the error ends the
+    call, on either endpoint, after the first reply."""
+    replicas = [await servers(FailingAfterAReply) for _ in range(2)]
+    async with connect(*replicas) as channel:
+        stub = await ready(channel)
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            async for reply in stub.LotsOfReplies(greeter_pb2.HelloRequest(count=3)):
+                received.append(reply.message)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "fails after a reply" in (error.value.details() or "")
+        assert received == ["the first and last"]
+        assert sum(r.calls for r in replicas) == 1
 
 
 async def test_no_retry_starts_that_would_end_after_the_deadline(servers):

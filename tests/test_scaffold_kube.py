@@ -138,6 +138,70 @@ def test_endpoints_mode_grants_list_and_watch_on_endpointslices_to_the_client():
     ]
 
 
+def pod_of(objects: list[dict], name: str = "greeter") -> dict:
+    (deployment,) = [d for d in of_kind(objects, "Deployment") if d["metadata"]["name"] == name]
+    return deployment["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("mode", list(kube.MODES))
+def test_service_account_runs_the_service_with_its_token_for_k8s_targets(mode):
+    objects = manifests(mode, "--service-account", "greeter-caller")
+    pod = pod_of(objects)
+    assert pod["serviceAccountName"] == "greeter-caller"
+    assert pod["automountServiceAccountToken"] is True  # in-cluster config needs the token
+    for deployment in of_kind(objects, "Deployment"):
+        if deployment["metadata"]["name"] != "greeter":  # Envoy, a sidecar client: no API calls
+            other = deployment["spec"]["template"]["spec"]
+            assert other["automountServiceAccountToken"] is False
+            assert "serviceAccountName" not in other
+    for obj in objects:
+        if obj["kind"] != "DestinationRule":
+            kubernetes_validate.validate(obj, VERSIONS[-1], strict=True)
+
+
+def test_without_service_account_no_token_is_mounted():
+    pod = pod_of(manifests("headless"))
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+
+
+def test_endpoints_mode_binds_the_reader_role_to_the_service_account_too():
+    objects = manifests("endpoints", "--service-account", "greeter-caller")
+    accounts = {a["metadata"]["name"] for a in of_kind(objects, "ServiceAccount")}
+    assert accounts == {"greeter-client", "greeter-caller"}  # both exist, so both pods start
+    (binding,) = of_kind(objects, "RoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": name, "namespace": "shop"}
+        for name in ("greeter-client", "greeter-caller")
+    ]
+    # the same account for the service and its clients: one ServiceAccount, one subject
+    objects = manifests("endpoints", "--service-account", "readers", "--client", "readers")
+    assert [a["metadata"]["name"] for a in of_kind(objects, "ServiceAccount")] == ["readers"]
+    assert [s["name"] for s in of_kind(objects, "RoleBinding")[0]["subjects"]] == ["readers"]
+    assert pod_of(objects)["serviceAccountName"] == "readers"
+
+
+def test_a_namespace_may_start_with_a_digit():
+    code, out, err = gz("kube", "endpoints", "--name", "greeter", "--image", "g:1",
+                        "--namespace", "1team")  # fmt: skip
+    assert code == 0, err
+    objects = list(yaml.safe_load_all(out))
+    assert {obj["metadata"]["namespace"] for obj in objects} == {"1team"}
+    assert "clients target k8s://1team/greeter:grpc" in out.lower()
+    for obj in objects:
+        kubernetes_validate.validate(obj, VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--namespace", "Team_1"), ("--namespace", "-team"), ("--namespace", "a" * 64),
+     ("--service-account", "Caller!"), ("--service-account", "a..b")],
+)  # fmt: skip
+def test_a_bad_namespace_or_service_account_exits_2_naming_it(option, value):
+    code, _, err = gz("kube", "headless", "--name", "greeter", "--image", "g:1", option, value)
+    assert code == 2 and err.startswith("gz: ") and err.count("\n") == 1
+    assert repr(value) in err
+
+
 def test_mesh_mode_injects_the_sidecar_and_balances_per_request():
     objects = manifests("mesh")
     template = of_kind(objects, "Deployment")[0]["spec"]["template"]

@@ -6,8 +6,11 @@ import os
 
 import pytest
 
+from framework import netaddr
 from framework.durations import parse_duration
 from framework.settings import ClientSettings, EtcdSettings, ServerSettings, SettingsError
+
+from .support import start_greeter
 
 
 @pytest.fixture(autouse=True)
@@ -39,9 +42,19 @@ def test_defaults_without_any_variable():
         ("GZ_LISTEN", "127.0.0.1:9000", "listen", "127.0.0.1:9000"),
         ("GZ_LISTEN", "[::1]:9000", "listen", "[::1]:9000"),
         ("GZ_ADVERTISE_HOST", "10.0.0.7", "advertise_host", "10.0.0.7"),
+        ("GZ_ADVERTISE_HOST", "greeter-0.greeter", "advertise_host", "greeter-0.greeter"),
+        ("GZ_ADVERTISE_HOST", "fd00::7", "advertise_host", "fd00::7"),
+        ("GZ_ADVERTISE_HOST", "[fd00::7]", "advertise_host", "fd00::7"),
+        ("GZ_ADVERTISE_HOST", "", "advertise_host", None),  # set empty: as if unset
         ("GZ_REGISTRY", "etcd", "registry", "etcd"),
         ("GZ_ETCD_KEY", "greeter.rpc", "etcd_key", "greeter.rpc"),
         ("GZ_ETCD_TTL", "30", "etcd_ttl", 30),
+        ("GZ_ETCD_TTL", "2", "etcd_ttl", 2),
+        ("GZ_ETCD_TTL", "10s", "etcd_ttl", 10),
+        ("GZ_ETCD_TTL", "1m", "etcd_ttl", 60),
+        ("GZ_ETCD_TTL", "0.1m", "etcd_ttl", 6),
+        ("GZ_ETCD_TTL", "2000ms", "etcd_ttl", 2),
+        ("GZ_ETCD_TTL", "1h", "etcd_ttl", 3600),
         ("GZ_SHUTDOWN_DRAIN", "500ms", "shutdown_drain", 0.5),
         ("GZ_SHUTDOWN_GRACE", "2m", "shutdown_grace", 120.0),
         ("GZ_LOG_LEVEL", "debug", "log_level", "DEBUG"),
@@ -66,6 +79,8 @@ def test_server_variable_is_read(clean_environment, variable, text, field, value
         ("GZ_RETRY_MAX_ATTEMPTS", "1", "retry_max_attempts", 1),
         ("GZ_IDEMPOTENT_METHODS", "a.B/Get, a.C/*", "idempotent_methods", ["a.B/Get", "a.C/*"]),
         ("GZ_TIMEOUT", "1.5", "timeout", 1.5),
+        ("GZ_TIMEOUT", "1ms", "timeout", 0.001),
+        ("GZ_METHOD_TIMEOUTS", "SayHello=200ms", "method_timeouts", {"SayHello": 0.2}),
         ("GZ_DISCOVERY", "etcd", "discovery", "etcd"),
         ("GZ_DISCOVERY", "k8s", "discovery", "k8s"),
         ("GZ_DISCOVERY", "dns", "discovery", "dns"),
@@ -128,6 +143,22 @@ def test_durations(clean_environment, text, seconds):
         (ServerSettings, "GZ_ETCD_TTL", "1"),
         (ServerSettings, "GZ_ETCD_TTL", "3601"),
         (ServerSettings, "GZ_ETCD_TTL", "ten"),
+        (ServerSettings, "GZ_ETCD_TTL", "1.5"),
+        (ServerSettings, "GZ_ETCD_TTL", "2500ms"),
+        (ServerSettings, "GZ_ETCD_TTL", "1s"),
+        (ServerSettings, "GZ_ETCD_TTL", "2h"),
+        (ServerSettings, "GZ_ETCD_TTL", "-5s"),
+        (ClientSettings, "GZ_TIMEOUT", "0"),
+        (ClientSettings, "GZ_TIMEOUT", "0s"),
+        (ClientSettings, "GZ_TIMEOUT", "0ms"),
+        (ClientSettings, "GZ_METHOD_TIMEOUTS", "SayHello=0"),
+        (ServerSettings, "GZ_ADVERTISE_HOST", "0.0.0.0"),
+        (ServerSettings, "GZ_ADVERTISE_HOST", "::"),
+        (ServerSettings, "GZ_ADVERTISE_HOST", "[::]"),
+        (ServerSettings, "GZ_ADVERTISE_HOST", "10.0.0.1:80"),
+        (ServerSettings, "GZ_ADVERTISE_HOST", "[fd00::1]:80"),
+        (ServerSettings, "GZ_ADVERTISE_HOST", "greeter:8080"),
+        (ServerSettings, "GZ_ADVERTISE_HOST", "http://10.0.0.1"),
         (ServerSettings, "GZ_ETCD_ENDPOINTS", "10.0.0.1:2379,10.0.0.2"),
         (ClientSettings, "GZ_ETCD_ENDPOINTS", "http//etcd:2379"),
         (ClientSettings, "GZ_ETCD_ENDPOINTS", ","),
@@ -152,6 +183,24 @@ def test_a_bad_value_is_one_line_naming_variable_and_value(
 
 
 @pytest.mark.parametrize(
+    ("variable", "text", "advice"),
+    [
+        ("GZ_TIMEOUT", "0", "leave GZ_TIMEOUT unset for no timeout"),
+        ("GZ_ETCD_TTL", "2.5s", "whole seconds: write e.g. 3s"),
+        ("GZ_ETCD_TTL", "1s", "2s to 1h"),
+        ("GZ_ADVERTISE_HOST", "0.0.0.0", "wildcard that no client can dial"),
+        ("GZ_ADVERTISE_HOST", "10.0.0.1:80", "without a port"),
+    ],
+)
+def test_a_bad_value_says_what_to_do(clean_environment, variable, text, advice):
+    clean_environment.setenv(variable, text)
+    settings = ClientSettings if variable == "GZ_TIMEOUT" else ServerSettings
+    with pytest.raises(SettingsError, match=f"^bad {variable}=") as raised:
+        settings.from_env()
+    assert advice in str(raised.value)
+
+
+@pytest.mark.parametrize(
     ("variable", "companion"),
     [("GZ_ETCD_USERNAME", "GZ_ETCD_PASSWORD"), ("GZ_ETCD_CERT", "GZ_ETCD_KEYFILE")],
 )
@@ -168,3 +217,45 @@ def test_a_missing_companion_variable_is_named(clean_environment, tmp_path, vari
 
 def test_a_settings_error_is_a_value_error():
     assert issubclass(SettingsError, ValueError)
+
+
+# -- the advertised host: GZ_ADVERTISE_HOST, a specific listen host, POD_IP, this machine ------
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
+    """No POD_IP, and a machine whose first non-loopback address a test sets in ["address"]."""
+    monkeypatch.delenv("POD_IP", raising=False)
+    found: dict[str, str | None] = {"address": "192.168.1.20"}
+    monkeypatch.setattr(netaddr, "first_non_loopback_address", lambda: found["address"])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("configured", "listen_host", "pod_ip", "address", "advertised"),
+    [
+        ("10.0.0.7", "10.1.1.1", "10.2.2.2", "192.168.1.20", "10.0.0.7"),  # GZ_ADVERTISE_HOST
+        (None, "10.1.1.1", "10.2.2.2", "192.168.1.20", "10.1.1.1"),  # then a specific listen host
+        (None, "127.0.0.1", "10.2.2.2", "192.168.1.20", "127.0.0.1"),
+        (None, "0.0.0.0", "10.2.2.2", "192.168.1.20", "10.2.2.2"),  # then POD_IP
+        (None, "::", "fd00::2", "192.168.1.20", "fd00::2"),
+        (None, "0.0.0.0", None, "192.168.1.20", "192.168.1.20"),  # then this machine's address
+        (None, "0.0.0.0", "0.0.0.0", "192.168.1.20", "192.168.1.20"),  # a wildcard POD_IP: no
+        (None, "0.0.0.0", None, None, "127.0.0.1"),  # then loopback, never a wildcard
+    ],
+)
+def test_the_advertised_host_in_order(
+    monkeypatch, machine, configured, listen_host, pod_ip, address, advertised
+):
+    if pod_ip is not None:
+        monkeypatch.setenv("POD_IP", pod_ip)
+    machine["address"] = address
+    assert netaddr.advertise_host(listen_host, configured) == advertised
+
+
+async def test_a_server_advertises_gz_advertise_host_over_everything(clean_environment, machine):
+    clean_environment.setenv("GZ_ADVERTISE_HOST", "10.0.0.7")
+    clean_environment.setenv("POD_IP", "10.2.2.2")
+    service = await start_greeter()  # listens on 127.0.0.1, a specific host
+    try:
+        assert service.server.address == f"10.0.0.7:{service.server.port}"
+    finally:
+        await service.server.stop()

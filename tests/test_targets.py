@@ -21,6 +21,8 @@ from framework.discovery import (
     expand_bare_name,
 )
 from framework.discovery.dns import DnsResolver
+from framework.discovery.etcd import EtcdResolver
+from framework.settings import ClientSettings
 
 # Parsing is pure and fast; a few dozen examples per property keep the suite quick.
 examples = settings(max_examples=40, deadline=None)
@@ -280,6 +282,26 @@ async def test_bare_names_through_build_resolver(monkeypatch: pytest.MonkeyPatch
     assert (looked_up.host, looked_up.port, looked_up.target) == (
         "billing", 9000, "dns:///billing:9000",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("target", [None, 5, b"direct:///127.0.0.1:8080"])
+def test_a_target_that_is_not_a_string_is_a_target_error(target):
+    with pytest.raises(TargetError, match="a target is a str, not"):
+        build_resolver(target)
+
+
+def test_settings_given_to_build_resolver_win_over_the_environment(monkeypatch):
+    """connect(settings=...) hands its settings on: GZ_DISCOVERY and GZ_ETCD_* come from them."""
+    monkeypatch.setenv("GZ_DISCOVERY", "dns")
+    monkeypatch.setenv("GZ_ETCD_ENDPOINTS", "10.9.9.9:2379")
+    settings = ClientSettings(discovery="etcd", etcd_endpoints=["127.0.0.1:23790"])
+    resolver = build_resolver("greeter", settings)
+    assert isinstance(resolver, EtcdResolver)
+    assert resolver.target == "etcd:///greeter"
+    assert resolver.config.endpoints == ("127.0.0.1:23790",)
+    # the endpoints of an etcd://h:p/KEY target still win over both
+    written = build_resolver("etcd://127.0.0.1:1/greeter", settings)
+    assert written.config.endpoints == ("127.0.0.1:1",)
 
 
 @pytest.mark.parametrize("discovery", [None, "", "consul"])

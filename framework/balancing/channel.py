@@ -87,6 +87,10 @@ class BalancedChannel(grpc.aio.Channel):
         self._pool: SubchannelPool | None = None
         self._resolving: asyncio.Task[None] | None = None
         self._closed = False
+        # One multi-callable per method and (de)serializers: every stub made on this channel
+        # shares it, so per-method work (binding middleware, grpc callables per subchannel) is
+        # done once however many stubs are made, and the caches stay bounded.
+        self._callables: dict[tuple[Any, ...], _MultiCallable] = {}
 
     # -- resolution ---------------------------------------------------------------------------
     def _start(self) -> SubchannelPool:
@@ -198,27 +202,44 @@ class BalancedChannel(grpc.aio.Channel):
     async def channel_ready(self) -> None:
         pool = self._start()
         while pool.state() != State.READY:
+            if self._closed:
+                raise grpc.aio.UsageError(
+                    f"the channel to {self.target} closed before it was ready"
+                )
             await pool.wait_for_change()
 
     def unary_unary(self, method, request_serializer=None, response_deserializer=None,
                     _registered_method=False):  # fmt: skip
-        return _UnaryUnary(self, method, Kind.UNARY_UNARY, request_serializer,
-                           response_deserializer, _registered_method)  # fmt: skip
+        return self._multi_callable(Kind.UNARY_UNARY, method, request_serializer,
+                                    response_deserializer, _registered_method)  # fmt: skip
 
     def unary_stream(self, method, request_serializer=None, response_deserializer=None,
                      _registered_method=False):  # fmt: skip
-        return _UnaryStream(self, method, Kind.UNARY_STREAM, request_serializer,
-                            response_deserializer, _registered_method)  # fmt: skip
+        return self._multi_callable(Kind.UNARY_STREAM, method, request_serializer,
+                                    response_deserializer, _registered_method)  # fmt: skip
 
     def stream_unary(self, method, request_serializer=None, response_deserializer=None,
                      _registered_method=False):  # fmt: skip
-        return _StreamUnary(self, method, Kind.STREAM_UNARY, request_serializer,
-                            response_deserializer, _registered_method)  # fmt: skip
+        return self._multi_callable(Kind.STREAM_UNARY, method, request_serializer,
+                                    response_deserializer, _registered_method)  # fmt: skip
 
     def stream_stream(self, method, request_serializer=None, response_deserializer=None,
                       _registered_method=False):  # fmt: skip
-        return _StreamStream(self, method, Kind.STREAM_STREAM, request_serializer,
-                             response_deserializer, _registered_method)  # fmt: skip
+        return self._multi_callable(Kind.STREAM_STREAM, method, request_serializer,
+                                    response_deserializer, _registered_method)  # fmt: skip
+
+    def _multi_callable(self, kind: Kind, method: str | bytes, serializer: Any,
+                        deserializer: Any, registered: bool) -> _MultiCallable:  # fmt: skip
+        key = (kind, method, serializer, deserializer, registered)
+        try:
+            return self._callables[key]
+        except KeyError:
+            made = self._callables[key] = _KINDS[kind](
+                self, method, kind, serializer, deserializer, registered
+            )
+            return made
+        except TypeError:  # an unhashable (de)serializer: not cached, still works
+            return _KINDS[kind](self, method, kind, serializer, deserializer, registered)
 
     def __repr__(self) -> str:
         return f"<BalancedChannel {self.target} {len(self.endpoints)} endpoints>"
@@ -367,3 +388,11 @@ class _StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):
 
 class _StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):
     __slots__ = ()
+
+
+_KINDS: dict[Kind, type[_MultiCallable]] = {
+    Kind.UNARY_UNARY: _UnaryUnary,
+    Kind.UNARY_STREAM: _UnaryStream,
+    Kind.STREAM_UNARY: _StreamUnary,
+    Kind.STREAM_STREAM: _StreamStream,
+}

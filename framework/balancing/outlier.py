@@ -3,7 +3,8 @@
 Per endpoint, not per service (go-zero's breaker opens for a whole service after one bad
 replica). Failures are the codes that say the endpoint, not the request, is the problem.
 An endpoint is ejected after CONSECUTIVE failures in a row, or when more than FAILURE_RATIO of
-at least MIN_CALLS calls in the last WINDOW seconds failed. It stays out BASE_EJECTION seconds
+at least MIN_CALLS calls in the last WINDOW seconds failed (a window sliding in one-second steps,
+so a burst of failures is seen whole whenever it comes). It stays out BASE_EJECTION seconds
 times the number of times it was ejected (up to MAX_EJECTION), then comes back on probation:
 its first failure ejects it again at once, its first success clears the probation. The pool
 never lets more than half of the endpoints be ejected at once.
@@ -13,13 +14,15 @@ from __future__ import annotations
 
 import grpc
 
+from ..window import SlidingCount
+
 FAILURE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
 CONSECUTIVE = 5
 FAILURE_RATIO = 0.5
 MIN_CALLS = 20
-WINDOW = 10.0
+WINDOW = 10.0  # seconds, counted in one-second buckets
 BASE_EJECTION = 30.0
 MAX_EJECTION = 300.0
 FORGIVE_AFTER = 60.0  # a clean minute after returning resets the ejection count
@@ -28,8 +31,8 @@ FORGIVE_AFTER = 60.0  # a clean minute after returning resets the ejection count
 class Outcomes:
     """Recent call outcomes of one endpoint and its ejection state."""
 
-    __slots__ = ("_calls", "_failures", "_window_start", "consecutive", "ejected_until",
-                 "ejections", "on_probation", "returned_at")  # fmt: skip
+    __slots__ = ("_calls", "_failures", "consecutive", "ejected_until", "ejections",
+                 "on_probation", "returned_at")  # fmt: skip
 
     def __init__(self) -> None:
         self.consecutive = 0
@@ -37,16 +40,14 @@ class Outcomes:
         self.ejected_until = 0.0
         self.on_probation = False
         self.returned_at = 0.0
-        self._calls = self._failures = 0
-        self._window_start = 0.0
+        self._calls = SlidingCount(WINDOW)
+        self._failures = SlidingCount(WINDOW)
 
     def record(self, code: grpc.StatusCode, now: float) -> bool:
         """Count one finished call; True when the endpoint should now be ejected."""
         if code is grpc.StatusCode.CANCELLED:
             return False  # the caller gave up: nothing learnt about the endpoint
-        if now - self._window_start > WINDOW:
-            self._window_start, self._calls, self._failures = now, 0, 0
-        self._calls += 1
+        self._calls.add(now)
         if code not in FAILURE_CODES:
             self.consecutive = 0
             if self.on_probation:
@@ -54,12 +55,13 @@ class Outcomes:
             elif self.ejections and now - self.returned_at > FORGIVE_AFTER:
                 self.ejections = 0
             return False
-        self._failures += 1
+        self._failures.add(now)
         self.consecutive += 1
+        calls = self._calls.total  # both windows slid to ``now`` by the adds above
         return (
             self.on_probation
             or self.consecutive >= CONSECUTIVE
-            or (self._calls >= MIN_CALLS and self._failures > FAILURE_RATIO * self._calls)
+            or (calls >= MIN_CALLS and self._failures.total > FAILURE_RATIO * calls)
         )
 
     def eject(self, now: float) -> float:
@@ -68,7 +70,8 @@ class Outcomes:
         duration = min(MAX_EJECTION, BASE_EJECTION * self.ejections)
         self.ejected_until = now + duration
         self.consecutive = 0
-        self._calls = self._failures = 0
+        self._calls.clear()  # it returns with a clean record, judged on what it does then
+        self._failures.clear()
         return duration
 
     def readmit(self, now: float) -> None:

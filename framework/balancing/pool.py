@@ -17,10 +17,19 @@ from .subchannel import State, Subchannel
 
 log = logging.getLogger("gz.balancing")
 
-# Preferred first: READY subchannels; while none is, those still coming up (the call then waits
-# for the connection as a plain grpc channel would). Subchannels in TRANSIENT_FAILURE, whose
-# server says NOT_SERVING, or that are ejected, are never picked.
-_TIERS = ((State.READY,), (State.IDLE, State.CONNECTING))
+# Which subchannels the picker gets: the first choice that yields any. READY, serving and not
+# ejected first; then those still coming up (the call waits for the connection as on a plain
+# grpc channel). Ejection is advice: if only ejected endpoints are left, they get the calls.
+# Last, connected endpoints that say NOT_SERVING: every one of them draining (or one ClusterIP
+# whose pod drains) still answers until its drain ends, which beats failing the call here.
+# TRANSIENT_FAILURE is never picked.
+_READY, _COMING_UP = (State.READY,), (State.IDLE, State.CONNECTING)
+_CHOICES = (  # (states, skip ejected, only serving)
+    (_READY, True, True),
+    (_COMING_UP, True, True),
+    (_READY, False, True),
+    (_READY, False, False),
+)
 
 
 class SubchannelPool:
@@ -85,12 +94,13 @@ class SubchannelPool:
 
     def _rebuild(self) -> None:
         self.picker = None
-        # Ejection is advice: if only ejected endpoints can take calls, they get them.
-        for skip_ejected, tier in [(True, t) for t in _TIERS] + [(False, _TIERS[0])]:
+        for states, skip_ejected, only_serving in _CHOICES:
             usable = [
                 s
                 for s in self.subchannels.values()
-                if s.state in tier and s.serving and not (skip_ejected and s.outcomes.is_ejected())
+                if s.state in states
+                and (s.serving or not only_serving)
+                and not (skip_ejected and s.outcomes.is_ejected())
             ]
             if usable:
                 self.picker = self._picker_class(usable)

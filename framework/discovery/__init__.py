@@ -4,10 +4,14 @@ when a target of that scheme is used (so ``import framework`` never loads etcd o
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from .endpoint import Endpoint
 from .resolver import Listener, ManualResolver, Resolver
 from .target import FORMS, Target, TargetError, expand_bare_name, parse_target
+
+if TYPE_CHECKING:
+    from ..settings import ClientSettings
 
 _BACKENDS = {
     "direct": "framework.discovery.direct",
@@ -17,16 +21,20 @@ _BACKENDS = {
 }
 
 
-def build_resolver(text: str) -> Resolver:
-    """The resolver for a target string or bare service name; TargetError if it is malformed."""
-    target = parse_target(expand_bare_name(text))
+def build_resolver(text: str, settings: ClientSettings | None = None) -> Resolver:
+    """The resolver for a target string or bare service name; TargetError if it is malformed.
+
+    ``settings`` give GZ_DISCOVERY (for bare names) and the etcd connection; left out, they
+    are read from the environment when needed. Every backend's ``build`` takes the same two."""
+    discovery = settings.discovery if settings is not None else None
+    target = parse_target(expand_bare_name(text, discovery=discovery))
     try:
         backend = importlib.import_module(_BACKENDS[target.scheme])
     except ModuleNotFoundError as error:
         if error.name != _BACKENDS[target.scheme]:
             raise
         raise target.error(f"the {target.scheme} backend is not available yet") from None
-    return backend.build(target)
+    return backend.build(target, settings)
 
 
 __all__ = [

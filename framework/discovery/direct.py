@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .endpoint import Endpoint
 from .resolver import ManualResolver
 from .target import Target
 
+if TYPE_CHECKING:
+    from ..settings import ClientSettings
 
-def build(target: Target) -> ManualResolver:
+
+def build(target: Target, settings: ClientSettings | None = None) -> ManualResolver:
     if target.authority:
         raise target.error(f"direct targets take no authority, got {target.authority!r}")
     if target.params:

@@ -9,11 +9,15 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ..durations import parse_duration
 from .endpoint import Endpoint
 from .resolver import Listener, Resolver
 from .target import Target
+
+if TYPE_CHECKING:
+    from ..settings import ClientSettings
 
 log = logging.getLogger("gz.discovery.dns")
 
@@ -70,7 +74,7 @@ class DnsResolver(Resolver):
         listener.update(frozenset(Endpoint(address, self.port) for address in addresses))
 
 
-def build(target: Target) -> DnsResolver:
+def build(target: Target, settings: ClientSettings | None = None) -> DnsResolver:
     if target.authority:
         raise target.error(
             f"gz uses the system resolver; remove the DNS server {target.authority!r}"

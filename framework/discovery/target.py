@@ -47,7 +47,12 @@ class Target:
 
 def parse_target(text: str) -> Target:
     """Split a ``scheme://authority/endpoint?params`` target; the backend checks the rest."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        kind = type(text).__name__
+        raise TargetError(
+            f"bad target {text!r}: a target is a str, not {kind}; expected {ALL_FORMS}"
+        )
+    if not text.strip():
         raise TargetError(f"bad target {text!r}: empty; expected {ALL_FORMS}")
     match = _SCHEME.match(text.strip())
     if match is None:
@@ -70,11 +75,14 @@ def parse_target(text: str) -> Target:
     return target
 
 
-def expand_bare_name(text: str, env: Mapping[str, str] | None = None) -> str:
+def expand_bare_name(
+    text: str, env: Mapping[str, str] | None = None, *, discovery: str | None = None
+) -> str:
     """A bare logical name (``greeter`` or ``greeter:8080``) becomes a full target via
-    GZ_TARGET_<NAME>, else GZ_DISCOVERY; a full target is returned unchanged."""
-    if "://" in text:
-        return text
+    GZ_TARGET_<NAME>, else ``discovery`` (default: GZ_DISCOVERY); a full target is returned
+    unchanged."""
+    if not isinstance(text, str) or "://" in text:
+        return text  # parse_target explains what is wrong with a non-string
     env = os.environ if env is None else env
     if not _BARE_NAME.match(text):
         raise TargetError(f"bad target {text!r}: no scheme, nor a bare name; expected {ALL_FORMS}")
@@ -82,7 +90,7 @@ def expand_bare_name(text: str, env: Mapping[str, str] | None = None) -> str:
     variable = "GZ_TARGET_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
     if env.get(variable):
         return env[variable]
-    discovery = env.get("GZ_DISCOVERY", "")
+    discovery = discovery or env.get("GZ_DISCOVERY", "")
     if discovery not in _DISCOVERY_TEMPLATES:
         not_this = f", not {discovery!r}" if discovery else ""
         raise TargetError(

@@ -12,8 +12,9 @@ import time
 
 import grpc
 
-from .chain import CallContext, CallObserver
+from .chain import CallContext, CallObserver, Method, Middleware
 from .outcome import OK, call_code
+from .tracing import SPAN
 
 log = logging.getLogger("gz.call")
 # A library convention: in a process that has not set up logging (a command-line client), the
@@ -32,6 +33,11 @@ class CallLog(CallObserver):
     def __init__(self, slow: float = 0.5) -> None:
         self.slow = slow
 
+    def for_method(self, method: Method) -> Middleware | None:
+        if method.side == "server" and method.kind.response_streaming and self.applies_to(method):
+            return _ServerStreamCallLog(self.slow)
+        return super().for_method(method)
+
     def begin(self, ctx: CallContext) -> float:
         return time.perf_counter()
 
@@ -47,7 +53,7 @@ class CallLog(CallObserver):
             "code": code.name,
             "duration_ms": round(duration * 1000, 3),
         }
-        trace_id = _trace_id()
+        trace_id = _trace_id(ctx)
         if trace_id:
             fields["trace_id"] = trace_id
         if "error_id" in ctx.state:
@@ -58,11 +64,23 @@ class CallLog(CallObserver):
         log.log(level, "%s %s", what, details, extra=fields)
 
 
-def _trace_id() -> str | None:
-    """The current trace id in hex, when OpenTelemetry is in use."""
+class _ServerStreamCallLog(CallLog):
+    def begin(self, ctx: CallContext) -> float:
+        # Read the peer now: a response stream the client cancelled is closed later, from
+        # another task, once grpc has released the call, and grpc then crashes on peer().
+        ctx.peer  # noqa: B018 - cached in ctx
+        return time.perf_counter()
+
+
+def _trace_id(ctx: CallContext) -> str | None:
+    """The trace id, in hex, of the call's own span (the tracing middleware leaves it in
+    ``ctx.state``; the client span is never current), else of the current span, if any."""
     if "opentelemetry.trace" not in sys.modules:
         return None
-    from opentelemetry import trace
+    span = ctx.state.get(SPAN)
+    if span is None:
+        from opentelemetry import trace
 
-    span_context = trace.get_current_span().get_span_context()
+        span = trace.get_current_span()
+    span_context = span.get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else None

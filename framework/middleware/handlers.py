@@ -53,7 +53,10 @@ def wrap_method_handler(
 def _context(method: Method, context: grpc.aio.ServicerContext) -> CallContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
-    return CallContext(method, None, deadline, servicer_context=context)
+    # A response stream the client cancelled is closed later, outside its call, when grpc has
+    # freed the call: context.peer() then crashes the process. Read it while the call is alive.
+    peer = context.peer() if method.kind.response_streaming else None
+    return CallContext(method, None, deadline, peer, servicer_context=context)
 
 
 def _unary_behavior(method: Method, chain: UnaryHandler) -> Callable[..., Any]:

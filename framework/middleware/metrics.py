@@ -3,8 +3,9 @@
 Server: grpc_server_started_total, grpc_server_handled_total, grpc_server_handling_seconds,
 grpc_server_msg_received_total, grpc_server_msg_sent_total; the client has the grpc_client_* set.
 gz adds gz_client_retries_total (attempts after the first), gz_resolver_endpoints{target},
-gz_resolver_updates_total{target} and gz_balancer_picks_total{endpoint}. All of them are in
-prometheus_client's default registry, so a service's own metrics appear on the same /metrics page.
+gz_resolver_updates_total{target}, gz_resolver_errors_total{target} and
+gz_balancer_picks_total{endpoint}. All of them are in prometheus_client's default registry, so a
+service's own metrics appear on the same /metrics page.
 
 Calls are counted in plain integers per method, on the event loop thread that runs every chain,
 and turned into metric families only when /metrics is scraped: a call costs a few additions
@@ -223,17 +224,19 @@ class _StreamingMetrics(_UnaryMetrics):
 
 
 @functools.cache
-def _resolver_gauges() -> tuple[Gauge, Any]:
+def _resolver_gauges() -> tuple[Gauge, Any, Any]:
     from prometheus_client import Counter
 
     return (
         Gauge("gz_resolver_endpoints", "Endpoints the resolver of a target reports.", ["target"]),
         Counter("gz_resolver_updates", "Endpoint set updates pushed by resolvers.", ["target"]),
+        Counter("gz_resolver_errors", "Resolution errors reported by resolvers.", ["target"]),
     )
 
 
 def count_resolution(resolver: Resolver) -> Resolver:
-    """``resolver`` reporting gz_resolver_endpoints and gz_resolver_updates_total as it goes."""
+    """``resolver`` reporting gz_resolver_endpoints, gz_resolver_updates_total and
+    gz_resolver_errors_total as it goes."""
     return _CountingResolver(resolver)
 
 
@@ -251,9 +254,10 @@ class _CountingResolver(Resolver):
 
 class _CountingListener:
     def __init__(self, listener: Listener, target: str) -> None:
-        endpoints, updates = _resolver_gauges()
+        endpoints, updates, errors = _resolver_gauges()
         self._listener = listener
         self._endpoints, self._updates = endpoints.labels(target), updates.labels(target)
+        self._errors = errors.labels(target)  # 0 until the first error, so rate() works
 
     def update(self, endpoints: frozenset[Endpoint]) -> None:
         self._endpoints.set(len(endpoints))
@@ -261,4 +265,5 @@ class _CountingListener:
         self._listener.update(endpoints)
 
     def error(self, message: str) -> None:
+        self._errors.inc()
         self._listener.error(message)

@@ -3,9 +3,9 @@
 A call is retried when its status is UNAVAILABLE (it never reached a handler, or its connection
 died), or when its method is idempotent and the status is one a new attempt can fix. Each retry
 waits a jittered exponential backoff, goes to an endpoint not tried yet when there is one, never
-starts once the call's deadline would pass, and spends a token from a budget that allows at most
-``budget_ratio`` extra calls over the last ``budget_window`` seconds (plus a small reserve so a
-quiet client can still retry), so a sick cluster is not hammered.
+starts once the call's deadline would pass, and spends a token from a budget: over the last
+``budget_window`` seconds, at most ``budget_ratio`` retries per call, or a small reserve when that
+is more (so a quiet client can still retry), so a sick cluster is not hammered.
 
 Streaming responses are retried only before the first response arrived; calls that stream their
 requests are never retried (the requests an iterator produced cannot be replayed).
@@ -30,6 +30,7 @@ import grpc
 from grpc.aio import AioRpcError
 
 from ..backoff import Backoff
+from ..window import SlidingCount
 from .chain import CallContext, Method, Middleware, StreamHandler, UnaryHandler
 
 ALWAYS_RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE})
@@ -84,8 +85,11 @@ class RetryPolicy:
     max_attempts: int = 3  # the first attempt included; 1 switches retries off
     first_backoff: float = 0.01  # seconds; each retry waits a jittered, doubling delay
     max_backoff: float = 0.5
-    budget_ratio: float = 0.2  # retries allowed over the window, as a share of calls
-    budget_min_per_second: float = 10.0  # a reserve, so that a quiet client can still retry
+    # The budget: over budget_window seconds, retries may be budget_ratio of the calls or the
+    # reserve (budget_min_per_second * budget_window), whichever is more; never their sum, so
+    # above reserve / ratio calls per window (50) retries add at most 20% to the load.
+    budget_ratio: float = 0.2
+    budget_min_per_second: float = 1.0  # a reserve of 10 per window: a quiet client can retry
     budget_window: float = 10.0
     # "pkg.Service/Method", or "pkg.Service/*" for every method of a service
     idempotent_methods: frozenset[str] = field(default_factory=frozenset)
@@ -108,39 +112,31 @@ class RetryPolicy:
 
 
 class RetryBudget:
-    """Calls and retries counted in one-second buckets over the policy's window."""
+    """Retries allowed over the policy's window: ``ratio`` of the calls, or the reserve when that
+    is more. The reserve is not added to the share: it only lets a client making few calls (under
+    reserve / ratio per window) retry a few failures, and adds nothing once traffic is above it."""
 
-    __slots__ = ("_calls", "_reserve", "_retries", "_second", "_size", "ratio")
+    __slots__ = ("_calls", "_retries", "ratio", "reserve")
 
     def __init__(self, policy: RetryPolicy) -> None:
-        self._size = max(1, round(policy.budget_window))
-        self._calls = [0] * self._size
-        self._retries = [0] * self._size
-        self._second = int(time.monotonic())
-        self._reserve = policy.budget_min_per_second * policy.budget_window
+        self._calls = SlidingCount(policy.budget_window)
+        self._retries = SlidingCount(policy.budget_window)
         self.ratio = policy.budget_ratio
+        self.reserve = policy.budget_min_per_second * policy.budget_window
 
-    def _advance(self, second: int) -> None:
-        for old in range(self._second + 1, min(second, self._second + self._size) + 1):
-            self._calls[old % self._size] = self._retries[old % self._size] = 0
-        self._second = second
+    def allowed(self, now: float) -> float:
+        """How many retries the window ending at ``now`` allows in all."""
+        return max(self.ratio * self._calls.value(now), self.reserve)
 
     def record_call(self, now: float) -> None:
-        """Count one call (``now``: time.monotonic())."""
-        second = int(now)
-        if second != self._second:
-            self._advance(second)
-        self._calls[second % self._size] += 1
+        """Count one call, not its retries (``now``: time.monotonic())."""
+        self._calls.add(now)
 
     def try_spend(self, now: float) -> bool:
         """Take a retry token; False when the window's retries are used up."""
-        second = int(now)
-        if second != self._second:
-            self._advance(second)
-        allowed = self.ratio * sum(self._calls) + self._reserve
-        if sum(self._retries) + 1 > allowed:
+        if self._retries.value(now) + 1 > self.allowed(now):
             return False
-        self._retries[second % self._size] += 1
+        self._retries.add(now)
         return True
 
 

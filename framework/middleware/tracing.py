@@ -19,9 +19,12 @@ from typing import Any
 import grpc
 
 from ..settings import SettingsError
-from .chain import CallContext, CallObserver, Method, Middleware
+from .chain import CallContext, CallObserver, Method, Middleware, StreamHandler
 from .outcome import OK, call_code
 from .retry import ATTEMPT
+
+# Where a call's span is kept in ctx.state, for the call log: a client span is never current.
+SPAN = "span"
 
 # The codes that make a *server* span an error (OpenTelemetry's gRPC conventions); on the client
 # every code but OK does.
@@ -137,18 +140,40 @@ class _Spans(CallObserver):
 
 
 class _ServerSpans(_Spans):
-    def begin(self, ctx: CallContext) -> tuple[Any, object]:
+    def _start(self, ctx: CallContext) -> tuple[Any, Any]:
+        """The call's span, and the OpenTelemetry context with it current."""
         parent = self._propagate.extract(ctx.metadata, getter=_GETTER)
         span = self._tracer.start_span(
             self._name, parent, self._trace.SpanKind.SERVER, self._attributes
         )
+        ctx.state[SPAN] = span
+        return span, self._trace.set_span_in_context(span, parent)
+
+    def begin(self, ctx: CallContext) -> tuple[Any, object]:
+        span, current = self._start(ctx)
         # Current while the handler runs, so its own client calls become children.
-        return span, self._context.attach(self._trace.set_span_in_context(span, parent))
+        return span, self._context.attach(current)
 
     def end(self, ctx: CallContext, token: tuple[Any, object], error: BaseException | None) -> None:
         span, attached = token
         self._context.detach(attached)
         self._finish(span, ctx, error)
+
+    async def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
+        span, current = self._start(ctx)
+        # Attached and never detached, as the deadline middleware does: grpc runs each call in
+        # a task of its own, and a stream the client cancelled is closed later from another
+        # task, where detaching fails ("Failed to detach context"). By then grpc has released
+        # the call too, so the peer is read now.
+        self._context.attach(current)
+        ctx.peer  # noqa: B018 - cached in ctx
+        try:
+            async for response in call_next(ctx, request):
+                yield response
+        except BaseException as error:  # GeneratorExit too: the stream was closed early
+            self._finish(span, ctx, error)
+            raise
+        self._finish(span, ctx, None)
 
     def _is_error(self, code: grpc.StatusCode) -> bool:
         return code in SERVER_ERROR_CODES
@@ -160,8 +185,10 @@ class _ClientSpans(_Spans):
         span = self._tracer.start_span(
             self._name, kind=self._trace.SpanKind.CLIENT, attributes=attributes
         )
-        # Not made current: the span context goes out in the metadata only.
+        # Not made current: the span context goes out in the metadata only, and the call log
+        # finds the span in ctx.state.
         self._propagate.inject(ctx.metadata, self._trace.set_span_in_context(span), setter=_SETTER)
+        ctx.state[SPAN] = span
         return span
 
     def end(self, ctx: CallContext, span: Any, error: BaseException | None) -> None:

@@ -11,7 +11,7 @@ from .registration import EtcdRegistration
 from .resolver import EtcdResolver
 
 
-def build(target: Target) -> EtcdResolver:
+def build(target: Target, settings: EtcdSettings | None = None) -> EtcdResolver:
     if target.params:
         raise target.error("etcd targets take no parameters")
     key = target.endpoint.strip("/")
@@ -25,7 +25,7 @@ def build(target: Target) -> EtcdResolver:
             raise target.error(f"bad etcd endpoint: {error}") from None
     if target.authority and not endpoints:
         raise target.error(f"bad etcd endpoints {target.authority!r}")
-    config = EtcdConfig.from_settings(EtcdSettings.from_env(), endpoints or None)
+    config = EtcdConfig.from_settings(settings or EtcdSettings.from_env(), endpoints or None)
     return EtcdResolver(config, key, target=target.text)
 
 

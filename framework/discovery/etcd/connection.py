@@ -5,7 +5,9 @@ Calls go to one endpoint at a time; when it does not answer, the next endpoint i
 works with host names and TLS, which a grpc ``ipv4:`` round-robin target does not). Tokens of
 an etcd with authentication are fetched on first use and again when etcd forgets them (a
 restart). Errors come out as EtcdUnavailable (try again later), EtcdRefused (etcd said no:
-fix the settings) or Compacted (a watch must start again from a fresh read).
+fix the settings) or Compacted (a watch must start again from a fresh read); any other answer
+of etcd (NOT_FOUND, RESOURCE_EXHAUSTED, INTERNAL...) as the grpc.aio.AioRpcError itself. The
+registration and resolver loops retry all but cancellation, so no error stops them for good.
 """
 
 from __future__ import annotations
@@ -314,6 +316,28 @@ def _classify(error: BaseException) -> str:
     if code == grpc.StatusCode.PERMISSION_DENIED or "user name is empty" in _reason(error):
         return "refused"
     return "other"
+
+
+# What etcd itself can answer; any other exception in a retry loop is a bug in gz or a library,
+# still retried but logged with its traceback.
+ETCD_ERRORS = (EtcdUnavailable, EtcdRefused, Compacted, grpc.aio.AioRpcError)
+
+
+def failure_kind(error: BaseException) -> str:
+    """What kind of trouble ``error`` is, so that a retry loop reports each kind once rather
+    than once per retry: the gRPC code for etcd's answers, else the exception's class."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code().name
+    return type(error).__name__
+
+
+def describe(error: BaseException) -> str:
+    """One line for a log or a listener: gz's own errors as they are, others with their kind."""
+    if isinstance(error, (EtcdUnavailable, EtcdRefused, Compacted)):
+        return str(error)
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"etcd answered {error.code().name}: {_reason(error)}"
+    return f"{type(error).__name__}: {_reason(error)}"
 
 
 def _reason(error: BaseException) -> str:

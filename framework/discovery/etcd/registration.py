@@ -4,7 +4,8 @@ The format is go-zero's, so go-zero clients find gz servers and the other way ro
 names a lease, so no key outlives its server. The lease is kept alive every TTL/3; when etcd
 says it is gone (a wiped etcd, a partition longer than the TTL) a new lease and key are made,
 and a key deleted by hand is put again. If etcd is down at start-up the server serves anyway
-and registers once etcd answers.
+and registers once etcd answers. Any failure, even one etcd is not expected to give, is logged
+once per kind and retried with backoff: registration never stops while the server runs.
 """
 
 from __future__ import annotations
@@ -17,11 +18,23 @@ from typing import Any
 import grpc
 
 from ...backoff import Backoff
-from .connection import REQUEST_TIMEOUT, EtcdConfig, EtcdRefused, EtcdUnavailable, acquire, release
+from .connection import (
+    ETCD_ERRORS,
+    REQUEST_TIMEOUT,
+    EtcdConfig,
+    acquire,
+    describe,
+    failure_kind,
+    release,
+)
 
 log = logging.getLogger("gz.discovery.etcd")
 
 FIRST_REGISTRATION_WAIT = 3.0  # seconds start-up waits before going on without etcd
+
+
+class LeaseLost(Exception):
+    """etcd dropped the lease before the key was put on it; the loop grants a new one."""
 
 
 class EtcdRegistration:
@@ -34,7 +47,7 @@ class EtcdRegistration:
         self._registered = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._etcd: Any = None
-        self._failing: type[Exception] | None = None  # the kind of error already reported
+        self._failing: str | None = None  # the kind of error already reported
 
     @property
     def full_key(self) -> str:
@@ -55,10 +68,13 @@ class EtcdRegistration:
     async def deregister(self) -> None:
         """Revoke the lease: the key disappears at once and clients stop calling. Bounded in
         time, so that an unreachable etcd cannot hold up the drain."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])  # unlike await, never raises the loop's own error
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("the etcd registration loop of %s had stopped: %s", self.address,
+                            describe(task.exception()))  # fmt: skip
         lease, self.lease = self.lease, None
         try:
             if lease is not None:
@@ -66,9 +82,13 @@ class EtcdRegistration:
                     await self._etcd.run("revoke the lease", lambda: self._etcd.lease.revoke(
                         lease, timeout=REQUEST_TIMEOUT))  # fmt: skip
                 log.info("deregistered %s/%d (%s)", self.key, lease, self.address)
-        except (TimeoutError, EtcdUnavailable, EtcdRefused) as error:
-            log.warning("could not revoke the lease of %s/%d (%s); etcd drops it within %ds",
-                        self.key, lease, error or "no answer", self.ttl)  # fmt: skip
+        except Exception as error:  # the drain goes on whatever etcd says
+            if _lease_not_found(error):
+                log.info("deregistered %s/%d (%s): etcd had already dropped the lease",
+                         self.key, lease, self.address)  # fmt: skip
+            else:
+                log.warning("could not revoke the lease of %s/%d (%s); etcd drops it within %ds",
+                            self.key, lease, describe(error), self.ttl)  # fmt: skip
         finally:
             if self._etcd is not None:
                 await release(self._etcd)
@@ -85,9 +105,9 @@ class EtcdRegistration:
                     await asyncio.sleep(max(0.5, self.ttl / 3))
                     await self._renew()
                 backoff.reset()
-                self._failing: type[Exception] | None = None  # the kind of error already reported
-            except (EtcdUnavailable, EtcdRefused) as error:
-                self._report(str(error))
+                self._failing = None
+            except Exception as error:  # any failure is transient: only a cancel ends the loop
+                self._report(error)
                 await backoff.sleep()
 
     async def _register_anew(self) -> None:
@@ -95,7 +115,7 @@ class EtcdRegistration:
         grant = await etcd.run("grant a lease", lambda: etcd.lease.grant(
             self.ttl, timeout=REQUEST_TIMEOUT))  # fmt: skip
         self.lease = grant.ID
-        await self._put()
+        await self._put()  # LeaseLost if the lease expired meanwhile: the loop starts over
         self._registered.set()
         log.info("registered %s = %s in etcd (lease ttl %ds)", self.full_key, self.address,
                  grant.TTL)  # fmt: skip
@@ -106,9 +126,13 @@ class EtcdRegistration:
             await etcd.run(f"put {self.full_key}", lambda: etcd.kv.put(
                 self.full_key, self.address, lease=lease, timeout=REQUEST_TIMEOUT))  # fmt: skip
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:  # "requested lease not found"
+            if not _lease_not_found(error):
                 raise
-            self.lease = None  # expired between grant and put: start over
+            self.lease = None  # expired between grant and put (or a put again): start over
+            raise LeaseLost(
+                f"etcd dropped lease {lease} before {self.key}/{lease} was put on it; "
+                "granting a new lease"
+            ) from None
 
     async def _renew(self) -> None:
         if await self._keep_alive() <= 0:
@@ -141,8 +165,19 @@ class EtcdRegistration:
         return await etcd.run("keep the lease alive", once)
 
     def _report(self, error: Exception) -> None:
-        """One warning when a kind of trouble starts, not one per retry."""
-        if type(error) is not self._failing:
-            self._failing = type(error)
-            state = f"still registered as {self.full_key}" if self.lease else "not registered"
-            log.warning("etcd registration of %s: %s (%s; retrying)", self.address, error, state)
+        """One warning when a kind of trouble starts, not one per retry. Errors that are not
+        etcd's (a bug) carry their traceback, once."""
+        kind = failure_kind(error)
+        if kind == self._failing:
+            return
+        self._failing = kind
+        state = f"still registered as {self.full_key}" if self.lease else "not registered"
+        message = str(error) if isinstance(error, LeaseLost) else describe(error)
+        from_etcd = isinstance(error, (*ETCD_ERRORS, LeaseLost))
+        log.warning("etcd registration of %s: %s (%s; retrying)", self.address, message, state,
+                    exc_info=None if from_etcd else error)  # fmt: skip
+
+
+def _lease_not_found(error: BaseException) -> bool:
+    """etcd's "requested lease not found": the lease expired or was revoked."""
+    return isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.NOT_FOUND

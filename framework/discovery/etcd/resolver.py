@@ -1,8 +1,9 @@
 """``etcd:///KEY``: the endpoints registered under ``KEY/``, kept current by a watch.
 
 Read the prefix, then watch from the next revision; on a compaction read again at once, on any
-other error read again after a jittered backoff. While etcd is unreachable the last set stays
-in use. Values that are not ``host:port`` are skipped with one warning per key and value.
+other error (even one etcd is not expected to give) read again after a jittered backoff and tell
+the listener once per kind of error. While etcd is unreachable the last set stays in use.
+Values that are not ``host:port`` are skipped with one warning per key and value.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from typing import Any
 from ...backoff import Backoff
 from ..endpoint import Endpoint
 from ..resolver import Listener, Resolver
-from .connection import Compacted, EtcdConfig, EtcdRefused, EtcdUnavailable, acquire, release
+from .connection import (
+    ETCD_ERRORS,
+    Compacted,
+    EtcdConfig,
+    acquire,
+    describe,
+    failure_kind,
+    release,
+)
 
 log = logging.getLogger("gz.discovery.etcd")
 
@@ -99,7 +108,7 @@ class _Follower:
         self.hold_until = 0.0
         self.release_hold: asyncio.TimerHandle | None = None
         self.backoff = Backoff(first=0.1, cap=2.0)
-        self.failing: type[Exception] | None = None  # the kind of error already reported
+        self.failing: str | None = None  # the kind of error already reported
 
     async def follow(self, etcd: Any) -> None:
         try:
@@ -122,11 +131,21 @@ class _Follower:
                     self.publish()
             except Compacted as error:
                 log.info("%s: %s; reading again", self.resolver.target, error)
-            except (EtcdUnavailable, EtcdRefused) as error:
-                if type(error) is not self.failing:  # once per outage, not once per retry
-                    self.failing = type(error)
-                    self.listener.error(f"{self.resolver.target}: {error}")
+            except Exception as error:  # any failure is transient: only a cancel ends the loop
+                self._report(error)
                 await self.backoff.sleep()
+
+    def _report(self, error: Exception) -> None:
+        """Tell the listener once per kind of trouble, not once per retry. Errors that are not
+        etcd's (a bug) are logged with their traceback, once."""
+        kind = failure_kind(error)
+        if kind == self.failing:
+            return
+        self.failing = kind
+        if not isinstance(error, ETCD_ERRORS):
+            log.warning("%s: retrying after an unexpected error", self.resolver.target,
+                        exc_info=error)  # fmt: skip
+        self.listener.error(f"{self.resolver.target}: {describe(error)}")
 
     def _etcd_was_replaced(self, endpoint: str) -> None:
         if self.published and not self.cache.endpoints():

@@ -12,7 +12,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...backoff import Backoff
 from ..endpoint import Endpoint
@@ -20,6 +20,9 @@ from ..resolver import Listener, Resolver
 from ..target import Target
 from .target import SERVICE_ACCOUNT_NAMESPACE_FILE, KubeTarget, default_namespace, parse_kube_target
 from .watcher import SliceWatcher
+
+if TYPE_CHECKING:
+    from ...settings import ClientSettings
 
 # Retries of a failing API server: from half a second, doubling, up to 30 s, jittered.
 FIRST_RETRY_DELAY = 0.5
@@ -126,6 +129,7 @@ def _set_done(future: asyncio.Future[None]) -> None:
 
 def build(
     target: Target,
+    settings: ClientSettings | None = None,
     *,
     env: Mapping[str, str] | None = None,
     namespace_file: Path = SERVICE_ACCOUNT_NAMESPACE_FILE,

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .slices import Json
+from .sockets import Sockets, Stopped
 from .target import KubeTarget
 
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ def connect() -> ApiClient:
 
 
 class SliceApi:
-    """List and watch calls for one service; ``interrupt()`` (from any thread) unblocks a read."""
+    """List and watch calls for one service; ``interrupt()`` (from any thread) ends the call in
+    progress, whatever it waits for, and every later one, so the worker thread can finish."""
 
     def __init__(self, api_client: ApiClient, target: KubeTarget) -> None:
         from kubernetes import client
@@ -80,23 +82,36 @@ class SliceApi:
         self.host = api_client.configuration.host
         self._api_client = api_client
         self._api = client.DiscoveryV1Api(api_client)
+        self._sockets = Sockets()
+        self._sockets.track(api_client)  # cuts a call still waiting for its response
         self._lock = threading.Lock()
-        self._open: Any = None  # the urllib3 response of the watch in progress
+        self._open: Any = None  # the urllib3 response being read (a list's body, or a watch)
         self._interrupted = False
 
-    def list(self) -> tuple[list[Json], str]:
-        """Every slice of the service and the list's resourceVersion."""
+    def list(self) -> tuple[list[Any], str]:
+        """Every item of the service's EndpointSliceList (a slice each, unless the server
+        misbehaves) and the list's resourceVersion."""
         response = self._api.list_namespaced_endpoint_slice(
             self.target.namespace,
             label_selector=self.target.label_selector,
             _preload_content=False,
             _request_timeout=(CONNECT_TIMEOUT, LIST_READ_TIMEOUT),
         )
-        body = json.loads(response.data)
-        version = (body.get("metadata") or {}).get("resourceVersion")
+        with self._reading(response) as stopped:
+            if stopped:
+                raise Stopped("the Kubernetes client is stopping")
+            data = response.data
+        body = json.loads(data)
+        if not isinstance(body, dict):
+            raise ValueError(f"the EndpointSliceList is not a JSON object: {data[:100]!r}")
+        metadata = body.get("metadata")
+        version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
         if not isinstance(version, str) or not version:
             raise ValueError("the EndpointSliceList has no metadata.resourceVersion")
-        return list(body.get("items") or ()), version
+        items = body.get("items") or []
+        if not isinstance(items, list):
+            raise ValueError(f"the items of the EndpointSliceList are not a list: {items!r:.100}")
+        return items, version
 
     def watch(self, resource_version: str) -> Iterator[Json]:
         """Watch events from resource_version on, until the server ends the watch."""
@@ -119,35 +134,47 @@ class SliceApi:
             if error.status == 410:
                 raise Expired(status_message(error.body)) from None
             raise
+        with self._reading(response) as stopped:
+            if stopped:  # stopped while the watch was being opened
+                return
+            try:
+                for line in _lines(response):
+                    event = json.loads(line)
+                    if not isinstance(event, dict):
+                        raise ValueError(f"a watch event that is not a JSON object: {line[:100]!r}")
+                    yield event
+            except (HTTPError, OSError) as error:
+                raise StreamCut(str(error)) from error
+
+    @contextlib.contextmanager
+    def _reading(self, response: Any) -> Iterator[bool]:
+        """Makes response the one interrupt() cuts while the block reads it, and closes it
+        after; the block gets True if interrupt() came first (then it should read nothing)."""
         with self._lock:
             self._open = response
-            if self._interrupted:  # stopped while the watch was being opened
-                self._open = None
-                response.close()
-                return
+            interrupted = self._interrupted
         try:
-            for line in _lines(response):
-                event = json.loads(line)
-                if not isinstance(event, dict):
-                    raise ValueError(f"a watch event that is not a JSON object: {line[:100]!r}")
-                yield event
-        except (HTTPError, OSError) as error:
-            raise StreamCut(str(error)) from error
+            yield interrupted
         finally:
             with self._lock:
                 self._open = None
             response.close()
 
     def interrupt(self) -> None:
-        """Unblock the watch read in progress (the worker then sees the stream end)."""
+        """End the call in progress (the worker then sees it fail or end) and refuse new ones."""
         with self._lock:
             response, self._interrupted = self._open, True
         if response is not None:
-            with contextlib.suppress(OSError, RuntimeError, ValueError):  # already closed
-                response.shutdown()
+            _shut_down(response)
+        self._sockets.shut_down()  # a call still waiting for its response, or connecting
 
     def close(self) -> None:
         self._api_client.close()
+
+
+def _shut_down(response: Any) -> None:
+    with contextlib.suppress(OSError, RuntimeError, ValueError):  # already closed
+        response.shutdown()
 
 
 def _lines(response: Any) -> Iterator[bytes]:
@@ -194,8 +221,16 @@ def explain(error: BaseException, target: KubeTarget, host: str) -> str:
         return f"the API server at {host} sent something unreadable: {error}"
     if not host:  # failed before a client existed
         return f"cannot set up the Kubernetes client: {error}"
-    cause = getattr(error, "reason", None) or error  # urllib3's MaxRetryError wraps the cause
-    return f"cannot reach the Kubernetes API server at {host}: {cause}"
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(error, HTTPError | OSError):
+        cause = getattr(error, "reason", None) or error  # urllib3's MaxRetryError wraps the cause
+        return f"cannot reach the Kubernetes API server at {host}: {cause}"
+    # Not the network's fault: say what it was rather than send the user checking connectivity.
+    return (
+        f"reading the EndpointSlices from {host} failed with {type(error).__name__}: {error}; "
+        "this is a bug in gz, please report it with this message"
+    )
 
 
 def _explain_status(status: int | None, message: str, target: KubeTarget, host: str) -> str:

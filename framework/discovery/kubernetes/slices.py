@@ -53,10 +53,20 @@ class SliceEndpoints:
     problems: tuple[str, ...] = ()
 
 
-def slice_name(obj: Json) -> str:
+def slice_name(obj: Any) -> str:
+    """metadata.name, or "" when obj has none (or is no object at all)."""
+    return _metadata_text(obj, "name")
+
+
+def resource_version(obj: Any) -> str:
+    """metadata.resourceVersion, or "" when obj has none (or is no object at all)."""
+    return _metadata_text(obj, "resourceVersion")
+
+
+def _metadata_text(obj: Any, key: str) -> str:
     metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
-    name = metadata.get("name") if isinstance(metadata, Mapping) else None
-    return name if isinstance(name, str) and name else ""
+    value = metadata.get(key) if isinstance(metadata, Mapping) else None
+    return value if isinstance(value, str) else ""
 
 
 def read_slice(obj: Json, port: int | str) -> SliceEndpoints:
@@ -70,6 +80,9 @@ def read_slice(obj: Json, port: int | str) -> SliceEndpoints:
 
 def _read_slice(obj: Json, port: int | str, problems: list[str]) -> SliceEndpoints:
     port_names = frozenset(_port_names(obj))
+    odd_names = [n for n in _port_name_values(obj) if not isinstance(n, str)]
+    if odd_names:
+        problems.append(f"has port names that are not strings ({', '.join(map(repr, odd_names))})")
     number = _port_number(obj, port, problems)
     check = _ADDRESS_TYPES.get(obj.get("addressType", ""))
     if check is None:
@@ -89,6 +102,12 @@ def _read_slice(obj: Json, port: int | str, problems: list[str]) -> SliceEndpoin
 
 
 def _port_names(obj: Json) -> Iterable[str]:
+    """The names of the slice's ports ("" for an unnamed one); a name that is not a string
+    cannot match a target's port name and is left out."""
+    return (name for name in _port_name_values(obj) if isinstance(name, str))
+
+
+def _port_name_values(obj: Json) -> Iterable[Any]:
     for item in obj.get("ports") or ():
         if isinstance(item, Mapping):
             yield item.get("name") or ""
@@ -148,18 +167,24 @@ class ServiceSlices:
         self.service, self.port = service, port
         self._slices: dict[str, SliceEndpoints] = {}
         self._warned: dict[str, tuple[str, ...]] = {}  # so a relist does not repeat warnings
+        self._odd: set[str] = set()  # the same, for objects that are no usable slice at all
+        self._odd_before: set[str] = set()  # during a relist: those of the list before
 
-    def replace(self, items: Iterable[Json]) -> None:
+    def replace(self, items: Iterable[Any]) -> None:
         """The whole list again (after a relist)."""
         self._slices.clear()
-        for obj in items:
-            self.put(obj)
+        self._odd_before, self._odd = self._odd, set()
+        try:
+            for obj in items:
+                self.put(obj)
+        finally:
+            self._odd_before = set()
         self._warned = {name: self._warned[name] for name in self._slices if name in self._warned}
 
-    def put(self, obj: Json) -> None:
-        name = slice_name(obj)
-        if not name:
-            log.warning("skipping an EndpointSlice of service %r without a name", self.service)
+    def put(self, obj: Any, event: str = "") -> None:
+        """Add or replace a slice, from a list item or an ADDED or MODIFIED ``event``."""
+        name = self._name(obj, event)
+        if name is None:
             return
         contribution = read_slice(obj, self.port)
         if contribution.problems and self._warned.get(name) != contribution.problems:
@@ -170,9 +195,36 @@ class ServiceSlices:
         self._warned[name] = contribution.problems
         self._slices[name] = contribution
 
-    def remove(self, obj: Json) -> None:
-        self._slices.pop(slice_name(obj), None)
-        self._warned.pop(slice_name(obj), None)
+    def remove(self, obj: Any, event: str = "DELETED") -> None:
+        name = self._name(obj, event)
+        if name is not None:
+            self._slices.pop(name, None)
+            self._warned.pop(name, None)
+
+    def _name(self, obj: Any, event: str) -> str | None:
+        """The slice's name; None, after one warning saying what is wrong, if obj is no
+        usable slice (the API server never sends one, but nothing should crash if it does)."""
+        name = slice_name(obj)
+        if name:
+            return name
+        if event:
+            source = f"{'an' if event[:1] in 'AEIOU' else 'a'} {event} event"
+            problem = (
+                "without an object" if obj is None
+                else f"whose object is not an object ({obj!r:.80})" if not isinstance(obj, Mapping)
+                else "whose object has no metadata.name"
+            )  # fmt: skip
+        else:
+            source = "an item of the EndpointSlice list"
+            problem = (
+                f"that is not an object ({obj!r:.80})" if not isinstance(obj, Mapping)
+                else "that has no metadata.name"
+            )  # fmt: skip
+        message = f"EndpointSlices of service {self.service!r}: skipped {source} {problem}"
+        if message not in self._odd and message not in self._odd_before:
+            log.warning("%s", message)
+        self._odd.add(message)
+        return None
 
     def endpoints(self) -> frozenset[Endpoint]:
         """Serving endpoints; terminating-but-serving ones only when there is nothing else, so a

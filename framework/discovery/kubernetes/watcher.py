@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ...backoff import Backoff
 from ..endpoint import Endpoint
 from .api import Expired, SliceApi, StreamCut, WatchEnded, connect, explain, status_message
-from .slices import Json, ServiceSlices
+from .slices import Json, ServiceSlices, resource_version
 from .target import KubeTarget
 
 if TYPE_CHECKING:
@@ -73,8 +73,11 @@ class SliceWatcher:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._api is not None:
-            self._api.interrupt()
+        # Read once: the worker thread may drop its client (after a 401) between two reads. If
+        # it makes a new one after this read, it sees _stopping before using it.
+        api = self._api
+        if api is not None:
+            api.interrupt()
 
     # -- list and watch -----------------------------------------------------------------------
     def _list_and_watch(self) -> None:
@@ -123,19 +126,21 @@ class SliceWatcher:
             self._healthy()
 
     def _apply(self, event: Json) -> None:
-        kind, obj = event.get("type"), event.get("object") or {}
+        """One watch event; a malformed one is skipped with a warning (in ServiceSlices)."""
+        kind, obj = event.get("type"), event.get("object")
         if kind == "ERROR":
-            if obj.get("code") == 410:
+            code = obj.get("code") if isinstance(obj, Mapping) else None
+            if code == 410:
                 raise Expired(status_message(obj))
-            raise WatchEnded(f"{obj.get('code')} {status_message(obj)}")
-        version = (obj.get("metadata") or {}).get("resourceVersion")
+            raise WatchEnded(f"{code} {status_message(obj)}")
         if kind in ("ADDED", "MODIFIED"):
-            self._slices.put(obj)
+            self._slices.put(obj, kind)
         elif kind == "DELETED":
-            self._slices.remove(obj)
+            self._slices.remove(obj, kind)
         elif kind != "BOOKMARK":
             log.debug("%s: ignoring a watch event of type %r", self.name, kind)
-        if isinstance(version, str) and version:
+        version = resource_version(obj)
+        if version:
             self._version = version  # BOOKMARKs too: they move us past other services' changes
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             self._publish()
