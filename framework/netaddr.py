@@ -17,7 +17,9 @@ def parse_host_port(text: str) -> tuple[str, int]:
         _check_ipv6(host, text)
     elif ":" in host:
         raise ValueError(f"{text!r} is not {HOST_PORT_FORM} (put an IPv6 address in brackets)")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+    # isascii: str.isdigit() and int() also take other scripts' digits ("٨٠" would be 80)
+    ok_port = port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535
+    if not sep or not host or not ok_port:
         raise ValueError(f"{text!r} is not {HOST_PORT_FORM}")
     if any(ch.isspace() or ch in "/?#@," for ch in host):
         raise ValueError(f"{text!r} is not {HOST_PORT_FORM}")

@@ -226,6 +226,7 @@ def test_malformed_targets_are_explained(text: str):
         ("direct:///", "nothing after the authority"),
         ("direct:///10.0.0.7:8080,", "'' is not host:port"),
         ("direct:///10.0.0.7:99999", "'10.0.0.7:99999' is not host:port"),
+        ("direct:///10.0.0.7:\u0668\u0660", "is not host:port"),  # 80 in Arabic-Indic digits
         ("direct:///10.0.0.7:8080, 10.0.0.8:8080", "whitespace"),
         ("dns:///greeter:8080?retries=3", "unknown parameter 'retries'"),
         ("direct:///::1:8080", "put an IPv6 address in brackets"),
