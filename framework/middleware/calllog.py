@@ -12,7 +12,7 @@ import time
 
 import grpc
 
-from .chain import CallContext, CallObserver, Method, Middleware
+from .chain import CallContext, CallObserver
 from .outcome import OK, call_code
 from .tracing import SPAN
 
@@ -32,11 +32,6 @@ class CallLog(CallObserver):
 
     def __init__(self, slow: float = 0.5) -> None:
         self.slow = slow
-
-    def for_method(self, method: Method) -> Middleware | None:
-        if method.side == "server" and method.kind.response_streaming and self.applies_to(method):
-            return _ServerStreamCallLog(self.slow)
-        return super().for_method(method)
 
     def begin(self, ctx: CallContext) -> float:
         return time.perf_counter()
@@ -62,14 +57,6 @@ class CallLog(CallObserver):
         level = logging.ERROR if code in SERVICE_FAULTS else logging.WARNING
         details = " ".join(f"{key}={value}" for key, value in fields.items())
         log.log(level, "%s %s", what, details, extra=fields)
-
-
-class _ServerStreamCallLog(CallLog):
-    def begin(self, ctx: CallContext) -> float:
-        # Read the peer now: a response stream the client cancelled is closed later, from
-        # another task, once grpc has released the call, and grpc then crashes on peer().
-        ctx.peer  # noqa: B018 - cached in ctx
-        return time.perf_counter()
 
 
 def _trace_id(ctx: CallContext) -> str | None:

@@ -163,10 +163,9 @@ class _ServerSpans(_Spans):
         span, current = self._start(ctx)
         # Attached and never detached, as the deadline middleware does: grpc runs each call in
         # a task of its own, and a stream the client cancelled is closed later from another
-        # task, where detaching fails ("Failed to detach context"). By then grpc has released
-        # the call too, so the peer is read now.
+        # task, where detaching fails ("Failed to detach context"). (The peer of a server
+        # stream is read when the call starts, for the same reason: middleware/handlers.py.)
         self._context.attach(current)
-        ctx.peer  # noqa: B018 - cached in ctx
         try:
             async for response in call_next(ctx, request):
                 yield response
