@@ -16,7 +16,7 @@ async def test_calls_spread_over_every_endpoint():
     servers = [await start_greeter() for _ in range(3)]
     target = "direct:///" + ",".join(s.address for s in servers)
     try:
-        async with framework.connect(target) as channel:
+        async with framework.connect(target, balancer="round_robin") as channel:
             await all_ready(channel, 3)
             served = await count_replicas(channel, 300)
         assert set(served) == {s.address for s in servers}
@@ -31,7 +31,7 @@ async def test_a_stopped_server_gets_no_more_calls():
     servers = [await start_greeter() for _ in range(3)]
     target = "direct:///" + ",".join(s.address for s in servers)
     try:
-        async with framework.connect(target) as channel:
+        async with framework.connect(target, balancer="round_robin") as channel:
             await count_replicas(channel, 30)
             await servers[0].server.stop()
             for _ in range(200):
@@ -48,7 +48,7 @@ async def test_a_killed_process_costs_only_calls_in_flight(server_process):
     for process in processes:
         await process.wait_serving()
     target = "direct:///" + ",".join(p.address for p in processes)
-    async with framework.connect(target) as channel:
+    async with framework.connect(target, balancer="round_robin") as channel:
         await count_replicas(channel, 30)
         processes[0].signal(signal.SIGKILL)
         await processes[0].wait_exit()
@@ -68,7 +68,7 @@ async def test_an_added_endpoint_receives_calls():
     first, second = await start_greeter(), await start_greeter()
     resolver = framework.ManualResolver([first.address], target="test-list")
     try:
-        async with framework.connect(resolver) as channel:
+        async with framework.connect(resolver, balancer="round_robin") as channel:
             assert set(await count_replicas(channel, 20)) == {first.address}
             resolver.set_endpoints([first.address, second.address])
             await all_ready(channel, 2)
@@ -119,7 +119,7 @@ async def test_a_draining_server_gets_no_new_calls():
     draining, other = await start_greeter(shutdown_drain=2.0), await start_greeter()
     target = f"direct:///{draining.address},{other.address}"
     try:
-        async with framework.connect(target) as channel:
+        async with framework.connect(target, balancer="round_robin") as channel:
             await all_ready(channel, 2)
             assert set(await count_replicas(channel, 40)) == {draining.address, other.address}
             stopping = asyncio.ensure_future(draining.server.stop())
@@ -147,7 +147,7 @@ async def test_without_health_check_a_draining_server_still_gets_calls():
     draining, other = await start_greeter(shutdown_drain=2.0), await start_greeter()
     target = f"direct:///{draining.address},{other.address}"
     try:
-        async with framework.connect(target, health_check=False) as channel:
+        async with framework.connect(target, health_check=False, balancer="round_robin") as channel:
             await all_ready(channel, 2)
             stopping = asyncio.ensure_future(draining.server.stop())
             await asyncio.sleep(0.2)

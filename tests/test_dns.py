@@ -11,7 +11,7 @@ from examples.greeter.server import Greeter
 from framework.discovery import Endpoint
 from framework.discovery.dns import DnsResolver, system_lookup
 
-from .support import Recorder, free_port, say_hello, start_greeter, wait_until
+from .support import Recorder, all_ready, free_port, say_hello, start_greeter, wait_until
 
 # A loaded two-core machine needs some slack over the bare refresh interval.
 SLACK = 0.5
@@ -57,7 +57,7 @@ async def test_a_new_answer_gets_traffic_within_one_refresh():
     refresh = 0.5
     resolver = DnsResolver("greeter.test", port, refresh=refresh, lookup=dns.lookup)
     try:
-        async with framework.connect(resolver) as channel:
+        async with framework.connect(resolver, balancer="round_robin") as channel:
             assert await served_by(channel) == {first}
             dns.addresses = ["127.0.0.1", "127.0.0.2"]
 
@@ -84,9 +84,10 @@ async def test_a_failed_endpoint_triggers_a_lookup_long_before_the_refresh():
     resolver = DnsResolver("greeter.test", port, refresh=30.0, lookup=dns.lookup)
     try:
         # Without health checks only the lost connection can tell the channel.
-        async with framework.connect(resolver, health_check=False) as channel:
-            await channel.channel_ready()
-            await asyncio.sleep(0.2)  # both connections up
+        async with framework.connect(
+            resolver, health_check=False, balancer="round_robin"
+        ) as channel:
+            await all_ready(channel, 2)
             assert await served_by(channel) == {first, second}
             assert dns.lookups == 1
             dns.addresses = ["127.0.0.1"]  # what DNS says once the pod is gone
@@ -107,7 +108,7 @@ async def test_a_failing_lookup_keeps_the_last_endpoints():
     dns = FakeDns("127.0.0.1", "127.0.0.2")
     resolver = DnsResolver("greeter.test", port, refresh=0.1, lookup=dns.lookup)
     try:
-        async with framework.connect(resolver) as channel:
+        async with framework.connect(resolver, balancer="round_robin") as channel:
             assert await served_by(channel, 40) == {s.address for s in servers}
             dns.failure = OSError("Temporary failure in name resolution")
             failed_before = dns.lookups

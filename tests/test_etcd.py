@@ -28,6 +28,7 @@ from .support import (
     ROOT,
     Recorder,
     ServerProcess,
+    all_ready,
     free_port,
     say_hello,
     start_greeter,
@@ -93,9 +94,10 @@ async def test_replicas_register_in_go_zero_format_and_calls_spread(server_proce
         lease_id = key.removeprefix("greeter/")
         assert lease_id.isdigit() and etcd.lease_of(key) == int(lease_id)
         assert 0 < etcd.lease_ttl(int(lease_id)) <= TTL
-    async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
-        await channel.channel_ready()
-        await asyncio.sleep(0.2)
+    async with framework.connect(
+        f"etcd://{etcd.endpoint}/greeter", balancer="round_robin"
+    ) as channel:
+        await all_ready(channel, 3)
         replies = await asyncio.gather(*(say_hello(channel) for _ in range(150)))
     served = Counter(reply.served_by for reply in replies)
     assert set(served) == {r.address for r in replicas}

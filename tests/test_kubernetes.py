@@ -25,7 +25,16 @@ from framework.discovery.kubernetes.api import explain
 from framework.discovery.kubernetes.watcher import SliceWatcher
 
 from .kube_api import KubeApiServer, endpoint_slice
-from .support import ROOT, Recorder, count_replicas, free_port, say_hello, start_greeter, wait_until
+from .support import (
+    ROOT,
+    Recorder,
+    all_ready,
+    count_replicas,
+    free_port,
+    say_hello,
+    start_greeter,
+    wait_until,
+)
 
 NS = "shop"
 SERVICE = "greeter"
@@ -504,9 +513,10 @@ async def test_calls_follow_the_serving_pods_of_a_service(kube: KubeApiServer):
     try:
         kube.put_slice(NS, pod_slice("greeter-a", old[:2], {}))
         kube.put_slice(NS, pod_slice("greeter-b", [old[2], new], {new.address: False}))
-        async with framework.connect(f"k8s://{NS}/{SERVICE}:grpc") as channel:
-            await channel.channel_ready()
-            await asyncio.sleep(0.2)
+        async with framework.connect(
+            f"k8s://{NS}/{SERVICE}:grpc", balancer="round_robin"
+        ) as channel:
+            await all_ready(channel, 3)
             served = await count_replicas(channel, 90)
             assert set(served) == {p.address for p in old}  # spread over all, not the unready
 

@@ -99,7 +99,7 @@ async def test_client_over_processes_survives_a_graceful_stop(server_process):
     target = "direct:///" + ",".join(server.address for server in servers)
     served: dict[str, int] = {}
     stopped = asyncio.Event()
-    async with framework.connect(target) as channel:
+    async with framework.connect(target, balancer="round_robin") as channel:
 
         async def call_until_stopped() -> None:
             while not stopped.is_set():
