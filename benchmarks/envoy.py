@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from framework.netaddr import parse_host_port
 from tests.support import free_port
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -27,8 +28,8 @@ HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def _socket(address: str) -> dict[str, Any]:
-    host, _, port = address.rpartition(":")
-    return {"socket_address": {"address": host, "port_value": int(port)}}
+    host, port = parse_host_port(address)
+    return {"socket_address": {"address": host, "port_value": port}}
 
 
 def config(listen: str, admin: str, upstreams: list[str], mode: str) -> dict[str, Any]:

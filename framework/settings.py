@@ -17,10 +17,12 @@ from .durations import Duration, parse_duration
 from .netaddr import check_advertise_host, parse_host_port
 
 
+def _split_commas(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _comma_list(value: object) -> object:
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
+    return _split_commas(value) if isinstance(value, str) else value
 
 
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
@@ -111,7 +113,7 @@ def _method_timeouts(value: object) -> object:
     if not isinstance(value, str):
         return value
     timeouts = {}
-    for item in filter(None, (part.strip() for part in value.split(","))):
+    for item in _split_commas(value):
         method, equals, duration = item.partition("=")
         if not equals or not method.strip():
             raise ValueError(f"expected Method=duration pairs such as SayHello=200ms, got {item!r}")

@@ -8,7 +8,9 @@ the client certificate for mutual TLS.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -47,12 +49,21 @@ def tls_options(settings: ClientSettings) -> list[tuple[str, str]]:
     return []
 
 
+def open_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+) -> grpc.aio.Channel:
+    """A grpc.aio channel to one address: TLS with ``credentials``, plaintext without."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, credentials, options, interceptors=interceptors)
+
+
 def endpoint_channel(address: str, settings: ClientSettings) -> grpc.aio.Channel:
     """A channel to one address, plaintext or TLS as the client settings say (gz health)."""
-    credentials = channel_credentials(settings)
-    if credentials is None:
-        return grpc.aio.insecure_channel(address)
-    return grpc.aio.secure_channel(address, credentials, tls_options(settings))
+    return open_channel(address, channel_credentials(settings), tls_options(settings))
 
 
 def channel_credentials(settings: ClientSettings) -> grpc.ChannelCredentials | None:

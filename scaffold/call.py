@@ -41,7 +41,7 @@ def to_json(message: Any) -> str:
 
 
 async def call(
-    target: str,
+    target: str | framework.Resolver,
     method_name: str,
     request_json: str,
     timeout: float,

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -258,44 +259,17 @@ Example: gz kube headless --name greeter --image greeter:0.1.0 -o deploy/""",
     "that calls others through k8s://; endpoints: also bound to the EndpointSlice reader Role.",
 )
 def kube_command(
-    mode: str,
-    name: str,
-    image: str,
-    port: int,
-    namespace: str,
-    replicas: int,
     output: Path | None,
     prestop: float,
     drain: float,
     grace: float,
-    max_connection_age: float,
-    etcd_endpoints: str,
     metrics_port: int,
-    envoy_image: str,
-    client: str,
-    client_image: str,
-    service_account: str,
+    **fields: Any,
 ) -> None:
-    if metrics_port and metrics_port == port:
-        raise BadInput(f"--metrics-port {metrics_port} is also --port; pick another one")
-    for label, value in (("--image", image), ("--envoy-image", envoy_image)):
-        if not value.strip() or any(ch.isspace() for ch in value):
-            raise BadInput(f"{label} {value!r} is not an image reference, e.g. greeter:0.1.0")
     spec = kube.KubeSpec(
-        mode=mode,
-        name=name,
-        image=image,
-        port=port,
-        namespace=namespace,
-        replicas=replicas,
         shutdown=Shutdown(prestop=prestop, drain=drain, grace=grace),
-        max_connection_age=max_connection_age,
-        etcd_endpoints=etcd_endpoints,
         metrics_port=metrics_port or None,
-        envoy_image=envoy_image,
-        client=client,
-        client_image=client_image,
-        service_account=service_account,
+        **fields,
     )
     manifests = kube.build(spec)
     if output is None:
@@ -370,11 +344,11 @@ def call_command(
     Example: gz call etcd:///greeter SayHello '{"name": "gz"}'
     """
     settings = endpoints.client_settings()  # a bad GZ_* value is bad input: exit 2
-    endpoints.resolver_for(target, settings)  # so is a malformed target
+    resolver = endpoints.resolver_for(target, settings)  # so is a malformed target
     if request == "-":
         request = sys.stdin.read()
     metadata = [_header(text) for text in headers]
-    asyncio.run(calling.call(target, method, request, timeout, metadata, click.echo, settings))
+    asyncio.run(calling.call(resolver, method, request, timeout, metadata, click.echo, settings))
 
 
 def _header(text: str) -> tuple[str, str]:

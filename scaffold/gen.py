@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
-from grpc_tools import protoc
 
 from .errors import BadInput
 
@@ -65,6 +64,8 @@ def _existing_proto(proto: Path) -> Path:
 
 
 def _protoc(proto: Path, *outputs: str) -> None:
+    from grpc_tools import protoc  # a compiler extension only gz gen and gz new need
+
     well_known = resources.files("grpc_tools") / "_proto"  # google/protobuf/*.proto
     arguments = ["grpc_tools.protoc", f"-I{proto.parent}", f"-I{well_known}", *outputs, str(proto)]
     with _stderr_captured() as captured:

@@ -144,7 +144,16 @@ def _check_service_account(account: str) -> None:
         )
 
 
+def _check_ports_and_images(spec: KubeSpec) -> None:
+    if spec.metrics_port == spec.port:
+        raise BadInput(f"--metrics-port {spec.metrics_port} is also --port; pick another one")
+    for label, value in (("--image", spec.image), ("--envoy-image", spec.envoy_image)):
+        if not value.strip() or any(ch.isspace() for ch in value):
+            raise BadInput(f"{label} {value!r} is not an image reference, e.g. greeter:0.1.0")
+
+
 def build(spec: KubeSpec) -> list[Manifest]:
+    _check_ports_and_images(spec)
     for name in (spec.name, f"{spec.name}-envoy", spec.client_name):
         kube_name(name)  # derived names must be valid too
     _check_namespace(spec.namespace)

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,32 @@ async def start_greeter(service_class: type[Greeter] = Greeter, **settings: obje
     service = service_class(framework.ServerSettings(**values))
     await service.server.start()
     return service
+
+
+async def greeters_on_one_port(count: int, first_host: int = 1) -> list[Greeter]:
+    """``count`` greeters on 127.0.0.<first_host>, the next loopback address, ... all on one port,
+    as the replicas behind one DNS name or the pods of one Deployment are."""
+    for _ in range(10):
+        port, started = free_port(), []
+        try:
+            for n in range(count):
+                started.append(await start_greeter(listen=f"127.0.0.{first_host + n}:{port}"))
+            return started
+        except OSError:  # that port was taken on another loopback address: try another
+            for service in started:
+                await service.server.stop()
+    raise AssertionError("no port free on every loopback address")
+
+
+def direct(servers: Iterable[Any]) -> str:
+    """The direct:/// target of servers (anything with an .address)."""
+    return "direct:///" + ",".join(server.address for server in servers)
+
+
+def hot_path_settings(**values: object) -> framework.ClientSettings:
+    """Client settings with gz's default middleware off, so calls take the channel's hot path."""
+    off = {"tracing": False, "metrics": False, "call_log": False, "deadline": False}
+    return framework.ClientSettings.from_env(**off, **values)
 
 
 async def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:

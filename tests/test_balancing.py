@@ -18,28 +18,26 @@ import pytest
 import framework
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 
-from .support import ServerProcess, all_ready, free_port, say_hello, start_greeter, wait_until
+from .support import (
+    ServerProcess,
+    all_ready,
+    direct,
+    free_port,
+    hot_path_settings,
+    say_hello,
+    start_greeter,
+    wait_until,
+)
 
 REPLICA = ("-m", "tests.replica")
 SAY_HELLO = "greeter.v1.Greeter/SayHello"
 TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
 
-def hot_path_settings(**values: object) -> framework.ClientSettings:
-    """Client settings with gz's default middleware off, so calls take the channel's hot path."""
-    fields = framework.ClientSettings.model_fields
-    off = {name: False for name in ("tracing", "metrics", "call_log", "deadline") if name in fields}
-    return framework.ClientSettings.from_env(**off, **values)
-
-
 async def start_replicas(server_process, count: int, **env: str) -> list[ServerProcess]:
     processes = [server_process(*REPLICA, **env) for _ in range(count)]
     await asyncio.gather(*(p.wait_serving() for p in processes))
     return processes
-
-
-def direct(processes: list[ServerProcess]) -> str:
-    return "direct:///" + ",".join(p.address for p in processes)
 
 
 class Load:

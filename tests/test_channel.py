@@ -16,7 +16,7 @@ from examples.greeter.server import Greeter
 from framework.balancing.calls import ChainedCall
 from framework.middleware import CallContext, Method
 
-from .support import say_hello, start_greeter, wait_not_serving
+from .support import all_ready, say_hello, start_greeter, wait_not_serving
 
 Request = greeter_pb2.HelloRequest
 UNKNOWN_METHOD = "/greeter.v1.Greeter/NoSuchMethod"
@@ -49,9 +49,7 @@ class EchoGreeter(Greeter):
 
 @pytest.fixture
 async def server() -> AsyncIterator[Greeter]:
-    settings = framework.ServerSettings(listen="127.0.0.1:0", shutdown_drain=0, shutdown_grace=1)
-    service = EchoGreeter(settings)
-    await service.server.start()
+    service = await start_greeter(EchoGreeter)
     yield service
     await service.server.stop()
 
@@ -412,8 +410,7 @@ async def test_interceptors_miss_the_health_watch_which_still_works():
     target = f"direct:///{draining.address},{other.address}"
     try:
         async with framework.connect(target, interceptors=interceptors) as channel:
-            await channel.channel_ready()
-            await asyncio.sleep(0.2)
+            await all_ready(channel, 2)
             stopping = asyncio.ensure_future(draining.server.stop())
             await wait_not_serving(channel, draining.address)
             served = {(await say_hello(channel)).served_by for _ in range(20)}

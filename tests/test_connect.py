@@ -9,14 +9,20 @@ import grpc
 
 import framework
 
-from .support import all_ready, count_replicas, say_hello, start_greeter, wait_not_serving
+from .support import (
+    all_ready,
+    count_replicas,
+    direct,
+    say_hello,
+    start_greeter,
+    wait_not_serving,
+)
 
 
 async def test_calls_spread_over_every_endpoint():
     servers = [await start_greeter() for _ in range(3)]
-    target = "direct:///" + ",".join(s.address for s in servers)
     try:
-        async with framework.connect(target, balancer="round_robin") as channel:
+        async with framework.connect(direct(servers), balancer="round_robin") as channel:
             await all_ready(channel, 3)
             served = await count_replicas(channel, 300)
         assert set(served) == {s.address for s in servers}
@@ -29,9 +35,8 @@ async def test_calls_spread_over_every_endpoint():
 
 async def test_a_stopped_server_gets_no_more_calls():
     servers = [await start_greeter() for _ in range(3)]
-    target = "direct:///" + ",".join(s.address for s in servers)
     try:
-        async with framework.connect(target, balancer="round_robin") as channel:
+        async with framework.connect(direct(servers), balancer="round_robin") as channel:
             await count_replicas(channel, 30)
             await servers[0].server.stop()
             for _ in range(200):
@@ -47,8 +52,7 @@ async def test_a_killed_process_costs_only_calls_in_flight(server_process):
     processes = [server_process() for _ in range(3)]
     for process in processes:
         await process.wait_serving()
-    target = "direct:///" + ",".join(p.address for p in processes)
-    async with framework.connect(target, balancer="round_robin") as channel:
+    async with framework.connect(direct(processes), balancer="round_robin") as channel:
         await count_replicas(channel, 30)
         processes[0].signal(signal.SIGKILL)
         await processes[0].wait_exit()

@@ -7,11 +7,17 @@ from __future__ import annotations
 import asyncio
 
 import framework
-from examples.greeter.server import Greeter
 from framework.discovery import Endpoint
 from framework.discovery.dns import DnsResolver, system_lookup
 
-from .support import Recorder, all_ready, free_port, say_hello, start_greeter, wait_until
+from .support import (
+    Recorder,
+    all_ready,
+    greeters_on_one_port,
+    say_hello,
+    start_greeter,
+    wait_until,
+)
 
 # A loaded two-core machine needs some slack over the bare refresh interval.
 SLACK = 0.5
@@ -32,26 +38,13 @@ class FakeDns:
         return list(self.addresses)
 
 
-async def greeters_on_one_port(count: int) -> tuple[int, list[Greeter]]:
-    """``count`` greeters on 127.0.0.1, 127.0.0.2, ... sharing one port."""
-    for _ in range(10):
-        port, started = free_port(), []
-        try:
-            for index in range(count):
-                started.append(await start_greeter(listen=f"127.0.0.{index + 1}:{port}"))
-            return port, started
-        except OSError:  # the port was free on 127.0.0.1 only; try another
-            for server in started:
-                await server.server.stop()
-    raise AssertionError("no port free on every loopback address")
-
-
 async def served_by(channel: framework.BalancedChannel, calls: int = 20) -> set[str]:
     return {(await say_hello(channel)).served_by for _ in range(calls)}
 
 
 async def test_a_new_answer_gets_traffic_within_one_refresh():
-    port, servers = await greeters_on_one_port(2)
+    servers = await greeters_on_one_port(2)
+    port = servers[0].server.port
     first, second = (server.address for server in servers)
     dns = FakeDns("127.0.0.1")
     refresh = 0.5
@@ -66,11 +59,8 @@ async def test_a_new_answer_gets_traffic_within_one_refresh():
 
             await wait_until(second_serves, timeout=refresh + SLACK)
             dns.addresses = ["127.0.0.2"]
-
-            async def first_is_gone() -> bool:
-                return channel.endpoints == [Endpoint("127.0.0.2", port)]
-
-            await wait_until(first_is_gone, timeout=refresh + SLACK)
+            only_second = [Endpoint("127.0.0.2", port)]
+            await wait_until(lambda: channel.endpoints == only_second, timeout=refresh + SLACK)
             assert await served_by(channel) == {second}
     finally:
         for server in servers:
@@ -78,7 +68,8 @@ async def test_a_new_answer_gets_traffic_within_one_refresh():
 
 
 async def test_a_failed_endpoint_triggers_a_lookup_long_before_the_refresh():
-    port, servers = await greeters_on_one_port(2)
+    servers = await greeters_on_one_port(2)
+    port = servers[0].server.port
     first, second = (server.address for server in servers)
     dns = FakeDns("127.0.0.1", "127.0.0.2")
     resolver = DnsResolver("greeter.test", port, refresh=30.0, lookup=dns.lookup)
@@ -92,11 +83,7 @@ async def test_a_failed_endpoint_triggers_a_lookup_long_before_the_refresh():
             assert dns.lookups == 1
             dns.addresses = ["127.0.0.1"]  # what DNS says once the pod is gone
             await servers[1].server.stop()
-
-            async def looked_up_again() -> bool:
-                return dns.lookups >= 2
-
-            await wait_until(looked_up_again, timeout=3.0)  # the refresh is 30 s
+            await wait_until(lambda: dns.lookups >= 2, timeout=3.0)  # the refresh is 30 s
             assert channel.endpoints == [Endpoint("127.0.0.1", port)]
             assert await served_by(channel) == {first}
     finally:
@@ -104,7 +91,8 @@ async def test_a_failed_endpoint_triggers_a_lookup_long_before_the_refresh():
 
 
 async def test_a_failing_lookup_keeps_the_last_endpoints():
-    port, servers = await greeters_on_one_port(2)
+    servers = await greeters_on_one_port(2)
+    port = servers[0].server.port
     dns = FakeDns("127.0.0.1", "127.0.0.2")
     resolver = DnsResolver("greeter.test", port, refresh=0.1, lookup=dns.lookup)
     try:
@@ -112,11 +100,7 @@ async def test_a_failing_lookup_keeps_the_last_endpoints():
             assert await served_by(channel, 40) == {s.address for s in servers}
             dns.failure = OSError("Temporary failure in name resolution")
             failed_before = dns.lookups
-
-            async def failed_twice() -> bool:
-                return dns.lookups >= failed_before + 2
-
-            await wait_until(failed_twice, timeout=3.0)
+            await wait_until(lambda: dns.lookups >= failed_before + 2, timeout=3.0)
             assert channel.endpoints == [Endpoint("127.0.0.1", port), Endpoint("127.0.0.2", port)]
             assert await served_by(channel, 40) == {s.address for s in servers}
     finally:
@@ -131,17 +115,9 @@ async def test_a_lookup_error_names_the_target_and_the_cause():
     recorder = Recorder()
     watching = asyncio.ensure_future(resolver.watch(recorder))
     try:
-
-        async def answered() -> bool:
-            return bool(recorder.updates)
-
-        await wait_until(answered, timeout=2.0)
+        await wait_until(lambda: bool(recorder.updates), timeout=2.0)
         dns.failure = OSError("Temporary failure in name resolution")
-
-        async def failed() -> bool:
-            return bool(recorder.errors)
-
-        await wait_until(failed, timeout=2.0)
+        await wait_until(lambda: bool(recorder.errors), timeout=2.0)
     finally:
         watching.cancel()
     assert target in recorder.errors[0]

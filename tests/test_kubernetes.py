@@ -30,9 +30,8 @@ from .support import (
     Recorder,
     all_ready,
     count_replicas,
-    free_port,
+    greeters_on_one_port,
     say_hello,
-    start_greeter,
     wait_until,
 )
 
@@ -486,20 +485,6 @@ def test_import_framework_does_not_load_kubernetes():
 
 
 # -- end to end: real servers behind slices ------------------------------------------------------
-async def start_pods(count: int) -> list[framework.Service]:
-    """Greeters on 127.0.0.2, 127.0.0.3, ... all on one port, as pods of one Deployment are."""
-    for _ in range(5):
-        port, pods = free_port(), []
-        try:
-            for n in range(count):
-                pods.append(await start_greeter(listen=f"127.0.0.{n + 2}:{port}"))
-            return pods
-        except Exception:  # that port was taken on another loopback address: try another
-            for pod in pods:
-                await pod.server.stop()
-    raise AssertionError("no port free on every loopback address")
-
-
 def pod_slice(name: str, pods: list[framework.Service], serving: dict[str, bool]) -> dict:
     port = int(pods[0].address.rsplit(":", 1)[1])
     addresses = [(p.address.rsplit(":", 1)[0], {"ready": serving.get(p.address, True),
@@ -508,7 +493,7 @@ def pod_slice(name: str, pods: list[framework.Service], serving: dict[str, bool]
 
 
 async def test_calls_follow_the_serving_pods_of_a_service(kube: KubeApiServer):
-    pods = await start_pods(4)
+    pods = await greeters_on_one_port(4, first_host=2)  # the pods of one Deployment
     old, new = pods[:3], pods[3]
     try:
         kube.put_slice(NS, pod_slice("greeter-a", old[:2], {}))
@@ -527,10 +512,8 @@ async def test_calls_follow_the_serving_pods_of_a_service(kube: KubeApiServer):
 
             leaving = old[0]
             kube.put_slice(NS, pod_slice("greeter-a", old[:2], {leaving.address: False}))
-            deadline = time.monotonic() + 0.5
-            while Endpoint.parse(leaving.address) in channel.endpoints:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
+            gone = Endpoint.parse(leaving.address)
+            await wait_until(lambda: gone not in channel.endpoints, 0.5, "it dropped", poll=0.01)
             served = await count_replicas(channel, 120)
             assert leaving.address not in served
             assert set(served) == {old[1].address, old[2].address, new.address}

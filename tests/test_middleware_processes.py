@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from framework.middleware.tracing import Tracing
 
 from .middleware_relay import SECRET
-from .support import ServerProcess, say_hello
+from .support import ServerProcess, say_hello, wait_until
 
 METHOD = "greeter.v1.Greeter/SayHello"
 OTEL = {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "50", "GZ_TIMEOUT": "5"}
@@ -70,17 +69,17 @@ def _skip_space(text: str, index: int) -> int:
 async def trace_of(servers: tuple[ServerProcess, ...], trace_id: int, count: int) -> list[dict]:
     """The ``count`` spans of a trace that the servers exported (they export every 50 ms)."""
     wanted = f"0x{trace_id:032x}"
-    deadline = time.monotonic() + 10
-    while True:
-        spans = [
+
+    def spans() -> list[dict]:
+        return [
             {**span, "service": server.env["GZ_NAME"]}
             for server in servers
             for span in exported_spans(server.spans_path)
             if span["context"]["trace_id"] == wanted
         ]
-        if len(spans) >= count or time.monotonic() > deadline:
-            return spans
-        await asyncio.sleep(0.05)
+
+    await wait_until(lambda: len(spans()) >= count, 10, f"{count} spans exported", poll=0.05)
+    return spans()
 
 
 def children(spans: list[dict], parent_span_id: str, service: str, kind: str) -> list[dict]:

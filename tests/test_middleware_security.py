@@ -1,4 +1,4 @@
-"""Bearer tokens, TLS and mutual TLS with certificates made by trustme in the test."""
+"""Bearer tokens, TLS and mutual TLS with certificates made by trustme (the pki fixture)."""
 
 from __future__ import annotations
 

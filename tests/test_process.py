@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 import framework
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 
-from .support import health_status, say_hello, wait_until
+from .support import direct, health_status, say_hello, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -96,10 +96,9 @@ async def test_client_over_processes_survives_a_graceful_stop(server_process):
     servers = [server_process(GZ_SHUTDOWN_DRAIN="0.5s") for _ in range(3)]
     for server in servers:
         await server.wait_serving()
-    target = "direct:///" + ",".join(server.address for server in servers)
     served: dict[str, int] = {}
     stopped = asyncio.Event()
-    async with framework.connect(target, balancer="round_robin") as channel:
+    async with framework.connect(direct(servers), balancer="round_robin") as channel:
 
         async def call_until_stopped() -> None:
             while not stopped.is_set():

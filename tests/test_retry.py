@@ -16,8 +16,7 @@ from framework.balancing import outlier
 from framework.balancing.attempts import UnaryAttempts
 from framework.balancing.calls import ChainedCall
 
-from .support import start_greeter
-from .test_balancing import all_ready, hot_path_settings
+from .support import all_ready, direct, hot_path_settings, start_greeter
 
 REQUEST = greeter_pb2.HelloRequest(name="retry")
 
@@ -79,8 +78,7 @@ async def servers():
 
 def connect(*services: Greeter, **options: object) -> framework.BalancedChannel:
     options.setdefault("settings", hot_path_settings())
-    target = "direct:///" + ",".join(s.address for s in services)
-    return framework.connect(target, balancer="round_robin", **options)
+    return framework.connect(direct(services), balancer="round_robin", **options)
 
 
 async def ready(channel: framework.BalancedChannel) -> greeter_pb2_grpc.GreeterStub:
@@ -172,10 +170,9 @@ async def test_each_attempt_of_a_call_goes_to_another_endpoint_under_p2c_ewma(
             finally:
                 seen.setdefault(request.name, []).append((ctx.state["attempt"], ctx.peer))
 
-    target = "direct:///" + ",".join(s.address for s in [*failing, healthy])
     every_retry = framework.RetryPolicy(budget_ratio=2.0)  # the budget is tested elsewhere
     async with framework.connect(
-        target,
+        direct([*failing, healthy]),
         middleware=[Record()] if chained else [],
         retry=every_retry,
         settings=hot_path_settings(),

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from scaffold.cli import main
 
-from .support import ServerProcess, gz
+from .support import ServerProcess, direct, gz
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +30,6 @@ def replicas():
     finally:
         for replica in started:
             replica.kill()
-
-
-def direct(replicas) -> str:
-    return "direct:///" + ",".join(replica.address for replica in replicas)
 
 
 def test_call_every_kind_over_direct(replicas):

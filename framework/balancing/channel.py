@@ -26,6 +26,7 @@ from ..middleware import CallContext, Kind, Method, Middleware
 from ..middleware.chain import begin_all, bind, compose_bound, observers_only
 from ..middleware.outcome import end_observers
 from ..middleware.retry import TRIED_PEERS, Retry, idempotent_override
+from ..tls import open_channel
 from .attempts import UnaryAttempts
 from .calls import ChainedCall, RequestQueue, announce_call, rpc_error
 from .picker import Picker
@@ -124,11 +125,7 @@ class BalancedChannel(grpc.aio.Channel):
 
     def _make_channel(self, endpoint: Endpoint, with_interceptors: bool = True) -> grpc.aio.Channel:
         interceptors = self._interceptors if with_interceptors else None
-        if self._credentials is not None:
-            return grpc.aio.secure_channel(
-                endpoint.address, self._credentials, self._options, interceptors=interceptors
-            )
-        return grpc.aio.insecure_channel(endpoint.address, self._options, interceptors=interceptors)
+        return open_channel(endpoint.address, self._credentials, self._options, interceptors)
 
     def _make_health_channel(self, endpoint: Endpoint) -> grpc.aio.Channel | None:
         """A channel without the user's interceptors for gz's own health watch (None: the call
@@ -270,11 +267,9 @@ class _MultiCallable:
         self._channel = channel
         self.method = Method(name, kind, "client")
         self._factory = kind.name.lower()  # the grpc.aio.Channel method making this kind
-        self._serializer, self._deserializer, self._registered = (
-            serializer,
-            deserializer,
-            registered,
-        )
+        self._serializer = serializer
+        self._deserializer = deserializer
+        self._registered = registered
         self._unary = kind is Kind.UNARY_UNARY  # only these feed the latency average
         endpoint = self._stream_endpoint if kind.response_streaming else self.unary_endpoint
         retry = channel.retry if channel.retry and channel.retry.applies_to(self.method) else None

@@ -211,8 +211,7 @@ def observers_only(bound: Sequence[Middleware], method: Method) -> tuple[CallObs
     """``bound`` (from bind()) when every one is a plain CallObserver for this method, else
     None: then the chain needs its coroutines."""
     hook = _hook(method)
-    observers = [b for b in bound if _is_plain_observer(b, hook)]
-    return tuple(observers) if len(observers) == len(bound) else None
+    return tuple(bound) if all(_is_plain_observer(b, hook) for b in bound) else None
 
 
 def compose(

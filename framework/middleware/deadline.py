@@ -17,11 +17,6 @@ from .chain import CallContext, CallObserver, Method, Middleware, StreamHandler
 _inherited: ContextVar[float | None] = ContextVar("gz_deadline", default=None)
 
 
-def current_deadline() -> float | None:
-    """The deadline (``time.monotonic()``) of the server call being handled here, or None."""
-    return _inherited.get()
-
-
 def time_remaining() -> float | None:
     """Seconds left of the server call being handled here, or None if it has no deadline."""
     deadline = _inherited.get()

@@ -16,7 +16,7 @@ from .deadline import Deadline
 
 def server_middleware(settings: ServerSettings, service_name: str = "") -> list[Middleware]:
     """The default server chain for ``settings``."""
-    chain: list[Middleware] = [*_observing(settings, service_name)]
+    chain = _observing(settings, service_name)
     if settings.deadline:
         chain.append(Deadline())
     if settings.recovery:
@@ -38,7 +38,7 @@ def client_middleware(
     settings: ClientSettings, timeout: float | None = None, service_name: str = ""
 ) -> list[Middleware]:
     """The default client chain; ``timeout`` is the default deadline of calls (GZ_TIMEOUT)."""
-    chain: list[Middleware] = [*_observing(settings, service_name)]
+    chain = _observing(settings, service_name)
     if settings.auth_token:
         from .auth import BearerToken
 

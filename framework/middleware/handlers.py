@@ -76,45 +76,47 @@ def _stream_behavior(method: Method, chain: StreamHandler) -> Callable[..., Any]
 
 def _endpoint(behavior: Callable[..., Any], kind: Kind, executor: Executor) -> Any:
     """The last handler of the chain: calls the servicer method however it is written."""
-    if inspect.iscoroutinefunction(behavior) and not kind.response_streaming:
+    invoke = _invoker(behavior, kind, executor)
+    if not kind.response_streaming:
+        return invoke
 
-        async def coroutine_endpoint(ctx: CallContext, request: Any) -> Any:
-            return await behavior(request, ctx.servicer_context)  # the common case, kept short
+    async def stream_endpoint(ctx: CallContext, request: Any) -> AsyncIterator[Any]:
+        result = await invoke(ctx, request)
+        if inspect.isasyncgen(result):
+            async for response in result:
+                yield response
+        elif isinstance(result, Iterator):  # a sync generator: advance it off the loop
+            while (item := await _in_thread(executor, next, result, _DONE)) is not _DONE:
+                yield item
+        # else the method wrote its responses with context.write() and returned None
 
-        return coroutine_endpoint
-    if kind.response_streaming:
-
-        async def stream_endpoint(ctx: CallContext, request: Any) -> AsyncIterator[Any]:
-            result = await _invoke(behavior, ctx, request, executor)
-            if inspect.isasyncgen(result):
-                async for response in result:
-                    yield response
-            elif isinstance(result, Iterator):  # a sync generator: advance it off the loop
-                while (item := await _in_thread(executor, next, result, _DONE)) is not _DONE:
-                    yield item
-            # else the method wrote its responses with context.write() and returned None
-
-        return stream_endpoint
-
-    async def unary_endpoint(ctx: CallContext, request: Any) -> Any:
-        return await _invoke(behavior, ctx, request, executor)
-
-    return unary_endpoint
+    return stream_endpoint
 
 
 _DONE = object()
 
 
-async def _invoke(
-    behavior: Callable[..., Any], ctx: CallContext, request: Any, executor: Executor
-) -> Any:
+def _invoker(behavior: Callable[..., Any], kind: Kind, executor: Executor) -> UnaryHandler:
+    """Calls the servicer method as it is written, decided once per method, not per call."""
     if inspect.iscoroutinefunction(behavior):
-        return await behavior(request, ctx.servicer_context)
+
+        async def invoke_coroutine(ctx: CallContext, request: Any) -> Any:
+            return await behavior(request, ctx.servicer_context)
+
+        return invoke_coroutine
     if inspect.isasyncgenfunction(behavior):
-        return behavior(request, ctx.servicer_context)
-    if ctx.method.kind.request_streaming:
-        request = _blocking_iterator(request, asyncio.get_running_loop())
-    return await _in_thread(executor, behavior, request, ctx.servicer_context)
+
+        async def invoke_async_generator(ctx: CallContext, request: Any) -> Any:
+            return behavior(request, ctx.servicer_context)
+
+        return invoke_async_generator
+
+    async def invoke_in_thread(ctx: CallContext, request: Any) -> Any:
+        if kind.request_streaming:
+            request = _blocking_iterator(request, asyncio.get_running_loop())
+        return await _in_thread(executor, behavior, request, ctx.servicer_context)
+
+    return invoke_in_thread
 
 
 async def _in_thread(executor: Executor, function: Callable[..., Any], *args: Any) -> Any:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import REGISTRY, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from ..discovery import Endpoint, Resolver
@@ -174,8 +174,8 @@ class _UnaryMetrics(CallObserver):
         stats.observe(time.perf_counter() - started)
         code = call_code(ctx, error)
         stats.handled[code] = stats.handled.get(code, 0) + 1
-        if self._picks is not None and ctx.peer is not None:
-            self._picks[ctx.peer] = self._picks.get(ctx.peer, 0) + 1
+        if self._picks is not None and (peer := ctx.peer) is not None:
+            self._picks[peer] = self._picks.get(peer, 0) + 1
         if error is None and self._one_response:
             self._response()
 
@@ -224,9 +224,7 @@ class _StreamingMetrics(_UnaryMetrics):
 
 
 @functools.cache
-def _resolver_gauges() -> tuple[Gauge, Any, Any]:
-    from prometheus_client import Counter
-
+def _resolver_gauges() -> tuple[Gauge, Counter, Counter]:
     return (
         Gauge("gz_resolver_endpoints", "Endpoints the resolver of a target reports.", ["target"]),
         Counter("gz_resolver_updates", "Endpoint set updates pushed by resolvers.", ["target"]),

@@ -61,8 +61,9 @@ def configure_tracing(service_name: str | None = None) -> Any | None:
     """
     names = [n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
     disabled = os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
-    if disabled or not names or names == ["none"] or tracer_provider() is not None:
-        return tracer_provider()
+    provider = tracer_provider()
+    if disabled or not names or names == ["none"] or provider is not None:
+        return provider
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider

@@ -81,6 +81,10 @@ class Compacted(Exception):
     """The revision a watch asked for is compacted away; read again and watch from there."""
 
 
+class LeaseLost(Exception):
+    """etcd dropped the lease before the key was put on it; the registration grants a new one."""
+
+
 @dataclass(frozen=True, slots=True)
 class EtcdConfig:
     """Where etcd is and how to log in: the key of a shared connection."""
@@ -318,9 +322,11 @@ def _classify(error: BaseException) -> str:
     return "other"
 
 
+# gz's own errors, whose messages already say what happened.
+_GZ_ERRORS = (EtcdUnavailable, EtcdRefused, Compacted, LeaseLost)
 # What etcd itself can answer; any other exception in a retry loop is a bug in gz or a library,
 # still retried but logged with its traceback.
-ETCD_ERRORS = (EtcdUnavailable, EtcdRefused, Compacted, grpc.aio.AioRpcError)
+ETCD_ERRORS = (*_GZ_ERRORS, grpc.aio.AioRpcError)
 
 
 def failure_kind(error: BaseException) -> str:
@@ -333,7 +339,7 @@ def failure_kind(error: BaseException) -> str:
 
 def describe(error: BaseException) -> str:
     """One line for a log or a listener: gz's own errors as they are, others with their kind."""
-    if isinstance(error, (EtcdUnavailable, EtcdRefused, Compacted)):
+    if isinstance(error, _GZ_ERRORS):
         return str(error)
     if isinstance(error, grpc.aio.AioRpcError):
         return f"etcd answered {error.code().name}: {_reason(error)}"

@@ -22,6 +22,7 @@ from .connection import (
     ETCD_ERRORS,
     REQUEST_TIMEOUT,
     EtcdConfig,
+    LeaseLost,
     acquire,
     describe,
     failure_kind,
@@ -31,10 +32,6 @@ from .connection import (
 log = logging.getLogger("gz.discovery.etcd")
 
 FIRST_REGISTRATION_WAIT = 3.0  # seconds start-up waits before going on without etcd
-
-
-class LeaseLost(Exception):
-    """etcd dropped the lease before the key was put on it; the loop grants a new one."""
 
 
 class EtcdRegistration:
@@ -172,10 +169,8 @@ class EtcdRegistration:
             return
         self._failing = kind
         state = f"still registered as {self.full_key}" if self.lease else "not registered"
-        message = str(error) if isinstance(error, LeaseLost) else describe(error)
-        from_etcd = isinstance(error, (*ETCD_ERRORS, LeaseLost))
-        log.warning("etcd registration of %s: %s (%s; retrying)", self.address, message, state,
-                    exc_info=None if from_etcd else error)  # fmt: skip
+        log.warning("etcd registration of %s: %s (%s; retrying)", self.address, describe(error),
+                    state, exc_info=None if isinstance(error, ETCD_ERRORS) else error)  # fmt: skip
 
 
 def _lease_not_found(error: BaseException) -> bool:
