@@ -453,6 +453,7 @@ def test_the_namespace_defaults_to_pod_namespace_then_the_file_then_default(tmp_
         "k8s://shop/Greeter:grpc",
         "k8s://shop/greeter:0",
         "k8s://shop/greeter:70000",
+        "k8s://shop/greeter:\u0668\u0660",  # 80 in Arabic-Indic digits
         "k8s://shop/greeter:grpc_port",
         "k8s://Shop_1/greeter:grpc",
         "k8s://shop/greeter:grpc?refresh=1s",

@@ -71,7 +71,7 @@ def parse_kube_target(
 
 
 def _parse_port(target: Target, text: str) -> int | str:
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # int() also reads other scripts' digits
         if not 0 < int(text) < 65536:
             raise target.error(f"port {text} is out of range 1-65535")
         return int(text)
