@@ -80,8 +80,11 @@ class Server:
                 self.port = self._server.add_insecure_port(self.settings.listen)
             else:
                 self.port = self._server.add_secure_port(self.settings.listen, credentials)
-        except RuntimeError as error:
-            raise OSError(f"cannot listen on GZ_LISTEN={self.settings.listen}: {error}") from None
+        except RuntimeError:  # grpc says only "Failed to bind"; its log line above says why
+            raise OSError(
+                f"cannot listen on GZ_LISTEN={self.settings.listen}: another process listens"
+                " there, or the host is not an address of this machine"
+            ) from None
         listen_host, _ = parse_host_port(self.settings.listen)
         if self.settings.metrics_port is not None:
             self.probes = _start_probes(listen_host, self.settings.metrics_port)
@@ -195,6 +198,9 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.keepalive_time_ms", 60_000),  # the server's own pings find dead clients
         ("grpc.keepalive_timeout_ms", 20_000),
+        # grpc shares a port between processes by default (SO_REUSEPORT); a second server on
+        # a taken port must fail to start instead of silently taking half of its connections
+        ("grpc.so_reuseport", 0),
     ]
     if settings.max_connection_age:
         options += [

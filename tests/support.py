@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,10 +30,36 @@ from framework.discovery import Endpoint
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel picks for outgoing connections and port-0 binds."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
+_EPHEMERAL = _ephemeral_ports()
+_CANDIDATES = [p for p in range(20_000, 65_536) if p not in _EPHEMERAL]
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port that is free now, for a server started later. Never one the kernel may
+    give a client connection or a port-0 bind in the meantime (the ephemeral range), and never
+    the same one twice in a run, so two servers of one test cannot end up on one port."""
+    for _ in range(1000):
+        port = random.choice(_CANDIDATES)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise AssertionError("no free loopback port outside the ephemeral range")
 
 
 def gz(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
@@ -113,15 +140,20 @@ async def wait_until(
     """Poll until ``condition()`` (plain or async) holds; the seconds it took. Fails after
     ``timeout`` seconds."""
     started = time.monotonic()
-    while True:
+
+    async def holds() -> bool:
         held = condition()
-        if inspect.isawaitable(held):
-            held = await held
-        if held:
-            return time.monotonic() - started
-        elapsed = time.monotonic() - started
-        assert elapsed < timeout, f"not {what} within {timeout}s"
+        return bool(await held if inspect.isawaitable(held) else held)
+
+    while not await holds():
+        if time.monotonic() - started >= timeout:
+            # Once more after the watchers had a turn: a stalled machine can wake this loop
+            # past the deadline before the tasks that would have made the condition true.
+            await asyncio.sleep(poll)
+            assert await holds(), f"not {what} within {timeout}s"
+            break
         await asyncio.sleep(poll)
+    return time.monotonic() - started
 
 
 async def all_ready(channel: framework.BalancedChannel, count: int) -> None:
@@ -132,7 +164,11 @@ async def all_ready(channel: framework.BalancedChannel, count: int) -> None:
         subchannels = channel._pool.subchannels.values()
         return sum(s.state == grpc.ChannelConnectivity.READY for s in subchannels) == count
 
-    await wait_until(ready, 10, f"{count} subchannels READY")
+    try:
+        await wait_until(ready, 30, f"{count} subchannels READY")
+    except AssertionError as error:  # say which ones were not, and what grpc itself says
+        states = [(s, s.channel.get_state()) for s in channel._pool.subchannels.values()]
+        raise AssertionError(f"{error}: {states}") from None
 
 
 async def wait_not_serving(channel: framework.BalancedChannel, address: str) -> None:

@@ -83,7 +83,7 @@ async def test_a_failed_endpoint_triggers_a_lookup_long_before_the_refresh():
             assert dns.lookups == 1
             dns.addresses = ["127.0.0.1"]  # what DNS says once the pod is gone
             await servers[1].server.stop()
-            await wait_until(lambda: dns.lookups >= 2, timeout=3.0)  # the refresh is 30 s
+            await wait_until(lambda: dns.lookups >= 2, timeout=10)  # the refresh is 30 s
             assert channel.endpoints == [Endpoint("127.0.0.1", port)]
             assert await served_by(channel) == {first}
     finally:
@@ -100,7 +100,7 @@ async def test_a_failing_lookup_keeps_the_last_endpoints():
             assert await served_by(channel, 40) == {s.address for s in servers}
             dns.failure = OSError("Temporary failure in name resolution")
             failed_before = dns.lookups
-            await wait_until(lambda: dns.lookups >= failed_before + 2, timeout=3.0)
+            await wait_until(lambda: dns.lookups >= failed_before + 2, timeout=10)
             assert channel.endpoints == [Endpoint("127.0.0.1", port), Endpoint("127.0.0.2", port)]
             assert await served_by(channel, 40) == {s.address for s in servers}
     finally:
@@ -115,9 +115,9 @@ async def test_a_lookup_error_names_the_target_and_the_cause():
     recorder = Recorder()
     watching = asyncio.ensure_future(resolver.watch(recorder))
     try:
-        await wait_until(lambda: bool(recorder.updates), timeout=2.0)
+        await wait_until(lambda: bool(recorder.updates), timeout=10)
         dns.failure = OSError("Temporary failure in name resolution")
-        await wait_until(lambda: bool(recorder.errors), timeout=2.0)
+        await wait_until(lambda: bool(recorder.errors), timeout=10)
     finally:
         watching.cancel()
     assert target in recorder.errors[0]

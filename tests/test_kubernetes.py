@@ -220,7 +220,7 @@ async def test_malformed_events_and_list_items_are_skipped_with_a_warning_naming
     kube.list_extras.extend(["not a slice", {"metadata": ["not", "metadata"]}])
     async with resolving() as seen:
         await seen.wait_for_set(at(["10.0.0.1"]))
-        await wait_until(lambda: kube.open_watches() == 1, 3.0)
+        await wait_until(lambda: kube.open_watches() == 1, 10)
         for event in (
             {"type": "ADDED", "object": ["not", "a", "slice"]},
             {"type": "MODIFIED", "object": {"metadata": "not metadata"}},
@@ -267,7 +267,7 @@ async def test_cancelling_during_a_hanging_list_ends_the_thread_at_once(kube, af
             cancelled = time.monotonic()
         # the watch waits up to STOP_WAIT for the thread; it must not need all of it
         assert time.monotonic() - cancelled < STOP_WAIT / 2
-        await wait_until(lambda: not worker_threads(before), STOP_WAIT, "the thread ended")
+        await wait_until(lambda: not worker_threads(before), 10, "the thread ended")
 
 
 class _Interruptible:
@@ -307,7 +307,7 @@ async def test_the_watch_starts_from_the_list_and_asks_for_bookmarks(kube: KubeA
     version = kube.resource_version
     async with resolving() as seen:
         await seen.wait_for_set(at(["10.0.0.1"]))
-        await wait_until(lambda: bool(kube.watches), 3.0)
+        await wait_until(lambda: bool(kube.watches), 10)
         watch = kube.watches[0]
         assert watch["resourceVersion"] == version
         assert watch["allowWatchBookmarks"] == "true"
@@ -320,7 +320,7 @@ async def test_an_expired_watch_lists_again_without_flapping(kube: KubeApiServer
     kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, b))
     async with resolving() as seen:
         await seen.wait_for_set(at(a + b))
-        await wait_until(lambda: kube.open_watches() == 1, 3.0)
+        await wait_until(lambda: kube.open_watches() == 1, 10)
         with kube.holding_watches():  # the client falls behind, then history is compacted
             kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, b[:30]))
             kube.delete_slice(NS, "greeter-a")
@@ -338,10 +338,10 @@ async def test_a_410_when_the_watch_starts_lists_again(kube: KubeApiServer, as_h
     kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
     async with resolving() as seen:
         await seen.wait_for_set(at(["10.0.0.1"]))
-        await wait_until(lambda: kube.open_watches() == 1, 3.0)
+        await wait_until(lambda: kube.open_watches() == 1, 10)
         kube.gone_on_next_watch(as_http_status)
         kube.close_watches()
-        await wait_until(lambda: len(kube.lists) == 2, 3.0)
+        await wait_until(lambda: len(kube.lists) == 2, 10)
         kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.2"]))
         await seen.wait_for_set(at(["10.0.0.2"]))
         assert never_emptied(seen) and not seen.errors
@@ -352,7 +352,7 @@ async def test_a_dropped_watch_resumes_and_misses_nothing(kube: KubeApiServer, a
     kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
     async with resolving() as seen:
         await seen.wait_for_set(at(["10.0.0.1"]))
-        await wait_until(lambda: kube.open_watches() == 1, 3.0)
+        await wait_until(lambda: kube.open_watches() == 1, 10)
         kube.close_watches(abort=abort)
         # changed while the client is between watches: the next watch replays them
         kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1", "10.0.0.2"]))
@@ -366,7 +366,7 @@ async def test_bookmarks_carry_the_resource_version_past_other_services(kube: Ku
     kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
     async with resolving() as seen:
         await seen.wait_for_set(at(["10.0.0.1"]))
-        await wait_until(lambda: kube.open_watches() == 1, 3.0)
+        await wait_until(lambda: kube.open_watches() == 1, 10)
         for n in range(5):  # changes this watch never sees
             kube.put_slice(NS, endpoint_slice("other-a", "other", [f"10.9.0.{n + 1}"]))
         latest = kube.resource_version
@@ -374,7 +374,7 @@ async def test_bookmarks_carry_the_resource_version_past_other_services(kube: Ku
         await asyncio.sleep(0.2)
         kube.compact()  # only the bookmark's version is still watchable
         kube.close_watches()
-        await wait_until(lambda: kube.open_watches() == 1 and len(kube.watches) == 2, 3.0)
+        await wait_until(lambda: kube.open_watches() == 1 and len(kube.watches) == 2, 10)
         assert kube.watches[1]["resourceVersion"] == latest
         assert len(kube.lists) == 1  # no 410, no relist
 
@@ -509,12 +509,12 @@ async def test_calls_follow_the_serving_pods_of_a_service(kube: KubeApiServer):
             kube.put_slice(NS, pod_slice("greeter-b", [old[2], new], {}))  # new pod is ready
             started = time.monotonic()
             while (await say_hello(channel)).served_by != new.address:
-                assert time.monotonic() - started < 0.5, "the new pod got no call within 0.5 s"
+                assert time.monotonic() - started < 2, "the new pod got no call within 2 s"
 
             leaving = old[0]
             kube.put_slice(NS, pod_slice("greeter-a", old[:2], {leaving.address: False}))
             gone = Endpoint.parse(leaving.address)
-            await wait_until(lambda: gone not in channel.endpoints, 0.5, "it dropped", poll=0.01)
+            await wait_until(lambda: gone not in channel.endpoints, 2, "it dropped", poll=0.01)
             served = await count_replicas(channel, 120)
             assert leaving.address not in served
             assert set(served) == {old[1].address, old[2].address, new.address}

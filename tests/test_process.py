@@ -133,3 +133,12 @@ async def test_bad_setting_exits_2_with_one_line_naming_it(server_process):
     lines = server.stderr().strip().splitlines()
     assert len(lines) == 1
     assert "GZ_SHUTDOWN_GRACE" in lines[0] and "'soon'" in lines[0]
+
+
+async def test_second_server_on_a_taken_port_exits_1_naming_it(server_process):
+    first = server_process()
+    await first.wait_serving()
+    second = server_process(GZ_LISTEN=first.address)
+    assert await second.wait_exit() == 1
+    assert f"cannot listen on GZ_LISTEN={first.address}" in second.stderr()
+    assert await health_status(first.address) == SERVING

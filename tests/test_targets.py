@@ -86,7 +86,7 @@ def resolved(resolver: Resolver) -> frozenset[Endpoint]:
 
         watching = asyncio.ensure_future(resolver.watch(Recorder()))
         try:
-            return await asyncio.wait_for(first, 1.0)
+            return await asyncio.wait_for(first, 10)
         finally:
             watching.cancel()
 
