@@ -19,12 +19,10 @@ import time
 import grpc
 
 import framework
-from tests.support import ServerProcess
+from tests.support import DEFAULT_MIDDLEWARE_OFF
 
 from .features import SERVER_MIDDLEWARE_OFF
-from .harness import Samples, load_round, process_cpu, unary
-
-DEFAULTS_OFF = {"tracing": False, "metrics": False, "call_log": False, "deadline": False}
+from .harness import Children, Samples, load_round, process_cpu, serving, unary
 
 
 async def unary_round(channel: grpc.aio.Channel, calls: int, concurrency: int) -> float:
@@ -58,19 +56,16 @@ async def alternate(channels: dict, rounds: int, calls: int, concurrency: int, p
 
 
 async def client_side(rounds: int, calls: int, concurrency: int) -> dict:
-    server = ServerProcess("-m", "benchmarks.raw_server").start()
-    try:
-        await server.wait_serving()
+    with Children() as children:
+        (address,) = await serving(children.server("raw"))
         channels = {
-            "raw": grpc.aio.insecure_channel(server.address),
-            "gz defaults": framework.connect(f"direct:///{server.address}"),
+            "raw": grpc.aio.insecure_channel(address),
+            "gz defaults": framework.connect(f"direct:///{address}"),
             "gz defaults off": framework.connect(
-                f"direct:///{server.address}", settings=framework.ClientSettings(**DEFAULTS_OFF)
+                f"direct:///{address}", settings=framework.ClientSettings(**DEFAULT_MIDDLEWARE_OFF)
             ),
         }
         return await measure(channels, rounds, calls, concurrency)
-    finally:
-        server.kill()
 
 
 async def measure(channels: dict, rounds: int, calls: int, concurrency: int, pids=None) -> dict:
@@ -84,21 +79,16 @@ async def measure(channels: dict, rounds: int, calls: int, concurrency: int, pid
 
 
 async def server_side(rounds: int, calls: int, concurrency: int) -> dict:
-    servers = {
-        "raw": ServerProcess("-m", "benchmarks.raw_server"),
-        "gz defaults": ServerProcess(GZ_LOG_LEVEL="WARNING"),
-        "gz defaults off": ServerProcess(GZ_LOG_LEVEL="WARNING", **SERVER_MIDDLEWARE_OFF),
-    }
-    try:
-        for server in servers.values():
-            server.start()
-            await server.wait_serving()
+    with Children() as children:
+        servers = {
+            "raw": children.server("raw"),
+            "gz defaults": children.server("gz"),
+            "gz defaults off": children.server("gz", **SERVER_MIDDLEWARE_OFF),
+        }
+        await serving(*servers.values())
         channels = {name: grpc.aio.insecure_channel(s.address) for name, s in servers.items()}
         pids = {name: server.process.pid for name, server in servers.items()}
         return await measure(channels, rounds, calls, concurrency, pids)
-    finally:
-        for server in servers.values():
-            server.kill()
 
 
 class _FakeServicerContext:

@@ -22,17 +22,14 @@ from framework.balancing import PICKERS, Subchannel
 from framework.discovery import Endpoint
 from tests.support import free_port
 
-from .harness import Children, rss_bytes, serving
+from .harness import Children, serving
 from .report import Result, Row, scenario_main
 
 CONNECT_TIMEOUT = 60.0
 
 
 def free_ports(count: int) -> list[int]:
-    ports: set[int] = set()
-    while len(ports) < count:
-        ports.add(free_port())
-    return sorted(ports)
+    return sorted(free_port() for _ in range(count))  # free_port never hands one out twice
 
 
 def pick_ns(balancer: str, endpoints: list[Endpoint], picks: int) -> float:
@@ -44,6 +41,15 @@ def pick_ns(balancer: str, endpoints: list[Endpoint], picks: int) -> float:
     for _ in range(picks):
         pick()
     return (time.perf_counter_ns() - started) / picks
+
+
+def rss_bytes() -> int:
+    """This process's resident memory."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
 
 
 def open_sockets() -> int:

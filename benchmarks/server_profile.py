@@ -22,9 +22,9 @@ from pathlib import Path
 import grpc
 
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
-from tests.support import ServerProcess
 
 from .features import SERVER_MIDDLEWARE_OFF
+from .harness import Children
 
 GZ_FRAMES = ("framework/middleware", "framework/server")
 
@@ -70,9 +70,8 @@ def main() -> None:
 
 
 async def profile(py_spy: str, seconds: float, defaults_off: bool) -> None:
-    env = {"GZ_LOG_LEVEL": "WARNING", **(SERVER_MIDDLEWARE_OFF if defaults_off else {})}
-    server = ServerProcess(**env).start()
-    try:
+    with Children() as children:
+        server = children.server("gz", **(SERVER_MIDDLEWARE_OFF if defaults_off else {}))
         await server.wait_serving()
         await load(server.address, 1.0)  # connect and warm up, not sampled
         with tempfile.TemporaryDirectory() as scratch:
@@ -85,8 +84,6 @@ async def profile(py_spy: str, seconds: float, defaults_off: bool) -> None:
             served = await load(server.address, seconds + 1)
             await asyncio.to_thread(spy.wait)
             share = gz_share(output)
-    finally:
-        server.kill()
     label = "defaults off" if defaults_off else "defaults on"
     print(f"{label}: {served} calls; gz middleware and server wrapper: {share:.1%} of samples")
 

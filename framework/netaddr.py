@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -54,23 +55,21 @@ def check_advertise_host(text: str) -> str:
     host = text.strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
     if is_unspecified(host):
         raise ValueError(
             f"{host or 'an empty value'} is a wildcard that no client can dial: set "
             "GZ_ADVERTISE_HOST to this server's own address (e.g. the pod IP), or unset it"
         )
-    if address is None and ":" in host:
+    with contextlib.suppress(ValueError):  # an IP address; else a host name, checked below
+        return str(ipaddress.ip_address(host))
+    if ":" in host:
         raise ValueError(
             "expected a host without a port, e.g. 10.0.0.7 or greeter-0.greeter: the advertised "
             "port is always the one the server listens on (GZ_LISTEN)"
         )
-    if address is None and any(ch.isspace() or ch in "/?#@,[]" for ch in host):
+    if any(ch.isspace() or ch in "/?#@,[]" for ch in host):
         raise ValueError("expected an IP address or a host name, e.g. 10.0.0.7")
-    return str(address) if address is not None else host
+    return host
 
 
 def advertise_host(listen_host: str, configured: str | None = None) -> str:

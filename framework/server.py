@@ -61,16 +61,16 @@ class Server:
     async def start(self) -> None:
         """Listen, report SERVING, then register: a registered address never refuses calls."""
         # grpc.aio objects belong to the running loop, so they are made here, not in __init__.
+        middleware = self._middleware
         if self._default_middleware:
-            defaults = server_middleware(self.settings, self.service.name)
-            self._middleware = (*defaults, *self._middleware)
+            middleware = (*server_middleware(self.settings, self.service.name), *middleware)
         credentials = server_credentials(self.settings)
         self._executor = ThreadPoolExecutor(thread_name_prefix=f"gz-{self.service.name}")
         self._server = grpc.aio.server(
             migration_thread_pool=self._executor, options=server_options(self.settings)
         )
         self._health = health.aio.HealthServicer()
-        self.service_names = self._add_servicers()
+        self.service_names = self._add_servicers(middleware)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
@@ -102,9 +102,9 @@ class Server:
             self.service.name, self.address, self.settings.listen, ", ".join(self.service_names),
         )  # fmt: skip
 
-    def _add_servicers(self) -> list[str]:
-        """Register every generated servicer base of the service, with middleware applied."""
-        recorder = _RegistrationRecorder(self._server, self._middleware, self._executor)
+    def _add_servicers(self, middleware: Sequence[Middleware]) -> list[str]:
+        """Register every generated servicer base of the service, with ``middleware`` applied."""
+        recorder = _RegistrationRecorder(self._server, middleware, self._executor)
         for base in type(self.service).__mro__:
             add = getattr(sys.modules.get(base.__module__), f"add_{base.__name__}_to_server", None)
             if callable(add):

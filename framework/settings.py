@@ -10,7 +10,14 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .durations import Duration, parse_duration
@@ -27,6 +34,16 @@ def _comma_list(value: object) -> object:
 
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
 """A list written in the environment as ``a,b,c``."""
+
+
+def _existing_file(path: str | None) -> str | None:
+    if path is not None and not Path(path).is_file():
+        raise ValueError("no such file")
+    return path
+
+
+ExistingFile = Annotated[str | None, AfterValidator(_existing_file)]
+"""The path of a file that must exist (a certificate or key), or None when unset."""
 
 
 class SettingsError(ValueError):
@@ -60,9 +77,9 @@ class EtcdSettings(_GzSettings):
     etcd_endpoints: CommaList = Field(default_factory=lambda: ["127.0.0.1:2379"])
     etcd_username: str | None = None
     etcd_password: str | None = Field(default=None, validate_default=True)
-    etcd_ca: str | None = None
-    etcd_cert: str | None = None
-    etcd_keyfile: str | None = Field(default=None, validate_default=True)
+    etcd_ca: ExistingFile = None
+    etcd_cert: ExistingFile = None
+    etcd_keyfile: ExistingFile = Field(default=None, validate_default=True)
 
     @field_validator("etcd_endpoints")
     @classmethod
@@ -80,11 +97,6 @@ class EtcdSettings(_GzSettings):
             raise ValueError("GZ_ETCD_USERNAME is set, so GZ_ETCD_PASSWORD must be set too")
         return password
 
-    @field_validator("etcd_ca", "etcd_cert")
-    @classmethod
-    def _readable_file(cls, path: str | None) -> str | None:
-        return _existing_file(path)
-
     @field_validator("etcd_keyfile")
     @classmethod
     def _keyfile_with_cert(cls, path: str | None, info: ValidationInfo) -> str | None:
@@ -92,17 +104,10 @@ class EtcdSettings(_GzSettings):
         return _file_paired_with(path, info, "etcd_cert", message)
 
 
-def _existing_file(path: str | None) -> str | None:
-    if path is not None and not Path(path).is_file():
-        raise ValueError("no such file")
-    return path
-
-
 def _file_paired_with(
     path: str | None, info: ValidationInfo, partner: str, message: str
 ) -> str | None:
-    """An existing file, set if and only if the field ``partner`` (validated before) is set."""
-    _existing_file(path)
+    """``path`` set if and only if the field ``partner`` (validated before) is set."""
     if partner in info.data and (path is None) != (info.data[partner] is None):
         raise ValueError(message)
     return path
@@ -153,14 +158,9 @@ class MiddlewareSettings(_GzSettings):
     call_log: bool = True
     slow_call: Duration = 0.5
     deadline: bool = True
-    tls_cert: str | None = None
-    tls_key: str | None = Field(default=None, validate_default=True)
-    tls_ca: str | None = None
-
-    @field_validator("tls_cert", "tls_ca")
-    @classmethod
-    def _tls_file(cls, path: str | None) -> str | None:
-        return _existing_file(path)
+    tls_cert: ExistingFile = None
+    tls_key: ExistingFile = Field(default=None, validate_default=True)
+    tls_ca: ExistingFile = None
 
     @field_validator("tls_key")
     @classmethod

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from framework.discovery import target_variable
 from framework.durations import format_duration
 
 from . import envoy
@@ -40,7 +40,7 @@ from .kube_objects import (
     prestop_sleep,
     service,
 )
-from .names import kube_name
+from .names import kube_name, namespace_name, service_account_name
 
 ENVOY_USER = 101  # the `envoy` user of the envoyproxy/envoy images
 PROXIED = {"envoy", "envoy-sidecar", "mesh"}  # a gz client reaches the replicas through a proxy
@@ -120,30 +120,6 @@ def client_target(spec: KubeSpec) -> str:
     }[spec.mode]
 
 
-# Namespaces are DNS-1123 labels (a digit may come first, unlike a Service's DNS-1035 name);
-# ServiceAccount names are DNS-1123 subdomains.
-_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_NAMESPACE = re.compile(rf"^{_LABEL}$")
-_SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
-
-
-def _check_namespace(namespace: str) -> None:
-    if len(namespace) > 63 or not _NAMESPACE.match(namespace):
-        raise BadInput(
-            f"namespace {namespace!r} is not a Kubernetes namespace name: use at most 63 lower "
-            "case letters, digits and '-', starting and ending with a letter or digit, e.g. shop"
-        )
-
-
-def _check_service_account(account: str) -> None:
-    if account and (len(account) > 253 or not _SUBDOMAIN.match(account)):
-        raise BadInput(
-            f"service account {account!r} is not a ServiceAccount name: use lower case letters, "
-            "digits, '-' and '.' between labels that start and end with a letter or digit, "
-            "e.g. greeter"
-        )
-
-
 def _check_ports_and_images(spec: KubeSpec) -> None:
     if spec.metrics_port == spec.port:
         raise BadInput(f"--metrics-port {spec.metrics_port} is also --port; pick another one")
@@ -156,8 +132,9 @@ def build(spec: KubeSpec) -> list[Manifest]:
     _check_ports_and_images(spec)
     for name in (spec.name, f"{spec.name}-envoy", spec.client_name):
         kube_name(name)  # derived names must be valid too
-    _check_namespace(spec.namespace)
-    _check_service_account(spec.service_account)
+    namespace_name(spec.namespace)
+    if spec.service_account:
+        service_account_name(spec.service_account)
     manifests = _MODES[spec.mode](spec)
     header = f"gz kube {spec.mode}: {MODES[spec.mode]}.\nClients target {client_target(spec)}"
     if spec.mode in PROXIED:
@@ -377,7 +354,7 @@ def _envoy_sidecar_mode(spec: KubeSpec) -> list[Manifest]:
     # a native sidecar (an init container that keeps running) starts before the app and stops
     # after it, so the app never calls a proxy that is not there
     sidecar = {**_envoy_container(spec, mount), "restartPolicy": "Always"}
-    variable = "GZ_TARGET_" + re.sub(r"[^A-Z0-9]", "_", spec.name.upper())
+    variable = target_variable(spec.name)
     target = client_target(spec)
     container = app_container(
         spec,

@@ -10,6 +10,11 @@ from .errors import BadInput
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 _KUBE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035 label: what a Service needs
+# Namespaces are DNS-1123 labels (a digit may come first, unlike a Service's DNS-1035 name);
+# ServiceAccount names are DNS-1123 subdomains.
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_NAMESPACE = re.compile(rf"^{_LABEL}$")
+_SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _TAKEN = {"grpc", "google", "framework", "scaffold", "tests", "test"}
 
 
@@ -43,9 +48,33 @@ def class_name(name: str) -> str:
 
 def kube_name(name: str) -> str:
     """A Kubernetes object name (DNS-1035 label), or BadInput saying what is wrong."""
-    if len(name) > 63 or not _KUBE_NAME.match(name):
-        raise BadInput(
-            f"{name!r} is not a Kubernetes name: use at most 63 lower case letters, digits and "
-            "'-', starting with a letter and ending with a letter or digit, e.g. greeter"
-        )
+    return _checked(
+        name, _KUBE_NAME, 63,
+        f"{name!r} is not a Kubernetes name: use at most 63 lower case letters, digits and "
+        "'-', starting with a letter and ending with a letter or digit, e.g. greeter",
+    )  # fmt: skip
+
+
+def namespace_name(namespace: str) -> str:
+    """A Kubernetes namespace (DNS-1123 label), or BadInput saying what is wrong."""
+    return _checked(
+        namespace, _NAMESPACE, 63,
+        f"namespace {namespace!r} is not a Kubernetes namespace name: use at most 63 lower "
+        "case letters, digits and '-', starting and ending with a letter or digit, e.g. shop",
+    )  # fmt: skip
+
+
+def service_account_name(account: str) -> str:
+    """A ServiceAccount name (DNS-1123 subdomain), or BadInput saying what is wrong."""
+    return _checked(
+        account, _SUBDOMAIN, 253,
+        f"service account {account!r} is not a ServiceAccount name: use lower case letters, "
+        "digits, '-' and '.' between labels that start and end with a letter or digit, "
+        "e.g. greeter",
+    )  # fmt: skip
+
+
+def _checked(name: str, pattern: re.Pattern[str], limit: int, complaint: str) -> str:
+    if len(name) > limit or not pattern.match(name):
+        raise BadInput(complaint)
     return name

@@ -57,7 +57,6 @@ class Service:
 @dataclass(frozen=True)
 class ProtoFile:
     path: Path
-    package: str
     services: tuple[Service, ...]
     siblings: tuple[Path, ...] = ()  # protos next to it that it imports
 
@@ -126,7 +125,7 @@ def read_proto(path: Path) -> ProtoFile:
             "serves them all, so rename one"
         )
     siblings = tuple(path.parent / name for name in local if name != main.name)
-    return ProtoFile(path, main.package, services, siblings)
+    return ProtoFile(path, services, siblings)
 
 
 _WELL_KNOWN = "google/protobuf/"  # shipped with protobuf: imported from google.protobuf

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import trustme
 
+from examples.greeter.server import Greeter
+
 from .etcd_server import EtcdServer
-from .support import ServerProcess
+from .support import ServerProcess, start_greeter
 
 
 @pytest.fixture
@@ -22,6 +24,23 @@ def server_process():
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+async def serve_greeter():
+    """Factory of in-process greeters (the arguments of start_greeter); every one is stopped at
+    the end of the test, so a test stops one itself only where the stop is part of what it
+    checks."""
+    started: list[Greeter] = []
+
+    async def start(service_class: type[Greeter] = Greeter, **settings: object) -> Greeter:
+        service = await start_greeter(service_class, **settings)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        await service.server.stop()  # returns at once for one the test already stopped
 
 
 @pytest.fixture

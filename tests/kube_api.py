@@ -12,7 +12,7 @@ What it serves, as kube-apiserver does:
 - minimal ``/api`` and ``/apis`` discovery documents.
 
 Tests change the state with put_slice / delete_slice, and provoke the hard cases with
-compact (forget history), expire_watches, gone_on_next_watch, close_watches, bookmark,
+compact (forget history), gone_on_next_watch, close_watches, bookmark,
 hanging_lists (an overloaded server), put_raw_event and list_extras (malformed objects).
 """
 
@@ -117,9 +117,9 @@ def _matches(selector: str, labels: dict[str, str]) -> bool:
 
 
 class KubeApiServer:
-    def __init__(self, token: str = "test-token", port: int = 0) -> None:
+    def __init__(self, token: str = "test-token") -> None:
         self.token = token
-        self._port = port
+        self._port = 0  # a free one at the first start(); a start() after stop() reuses it
         self._changed = threading.Condition()
         self._version = 1000  # the global resourceVersion counter (etcd's revision)
         self._objects: dict[tuple[str, str], Json] = {}
@@ -149,11 +149,6 @@ class KubeApiServer:
         self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
-
-    def restart(self) -> None:
-        """Stop, then serve the same state on the same port again."""
-        self.stop()
-        self.start()
 
     def stop(self) -> None:
         """Stop listening and cut every open connection (as a crashed API server would)."""

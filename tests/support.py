@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -62,6 +64,12 @@ def free_port() -> int:
     raise AssertionError("no free loopback port outside the ephemeral range")
 
 
+def gz_command(*args: str) -> list[str]:
+    """The gz command as a process of its own: for a test whose event loop must keep running
+    (gz runs its own), or that reads ``--watch`` output as it comes."""
+    return [sys.executable, "-m", "scaffold.cli", *args]
+
+
 def gz(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
     """Run the gz command in this process: (exit code, stdout, stderr)."""
     from click.testing import CliRunner  # only the CLI tests need click and scaffold
@@ -101,10 +109,22 @@ def direct(servers: Iterable[Any]) -> str:
     return "direct:///" + ",".join(server.address for server in servers)
 
 
+# The settings that switch off each of gz's default middleware, on a client and on a server.
+DEFAULT_MIDDLEWARE_OFF = {"tracing": False, "metrics": False, "call_log": False, "deadline": False}
+
+
 def hot_path_settings(**values: object) -> framework.ClientSettings:
     """Client settings with gz's default middleware off, so calls take the channel's hot path."""
-    off = {"tracing": False, "metrics": False, "call_log": False, "deadline": False}
-    return framework.ClientSettings.from_env(**off, **values)
+    return framework.ClientSettings.from_env(**DEFAULT_MIDDLEWARE_OFF, **values)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET; an HTTP error status is an answer too, not an exception."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 async def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:

@@ -25,7 +25,6 @@ from .support import (
     free_port,
     hot_path_settings,
     say_hello,
-    start_greeter,
     wait_until,
 )
 
@@ -269,25 +268,20 @@ async def test_the_retry_budget_holds_when_every_replica_fails(server_process):
 
 
 @pytest.mark.parametrize("balancer", ["p2c_ewma", "round_robin"])
-async def test_a_subchannel_in_transient_failure_is_never_picked(balancer):
+async def test_a_subchannel_in_transient_failure_is_never_picked(serve_greeter, balancer):
     """Without retries to hide a bad pick: a dead address (nothing listens on it) among live
     ones gets no call once its subchannel has failed to connect. p2c_ewma would favour it if it
     could (no latency yet scores best), round_robin would send it every third call."""
-    live = [await start_greeter() for _ in range(2)]
+    live = [await serve_greeter() for _ in range(2)]
     dead = framework.Endpoint("127.0.0.1", free_port())
-    target = "direct:///" + ",".join([dead.address, *(s.address for s in live)])
-    try:
-        async with framework.connect(
-            target, balancer=balancer, retry=False, settings=hot_path_settings()
-        ) as channel:
-            await all_ready(channel, 2)
-            subchannel = channel._pool.subchannels[dead]
-            await wait_until(lambda: subchannel.state == TRANSIENT_FAILURE, 10, "failed")
-            replies = [await say_hello(channel) for _ in range(60)]
-        assert {reply.served_by for reply in replies} == {s.address for s in live}
-    finally:
-        for service in live:
-            await service.server.stop()
+    async with framework.connect(
+        direct([dead, *live]), balancer=balancer, retry=False, settings=hot_path_settings()
+    ) as channel:
+        await all_ready(channel, 2)
+        subchannel = channel._pool.subchannels[dead]
+        await wait_until(lambda: subchannel.state == TRANSIENT_FAILURE, 10, "failed")
+        replies = [await say_hello(channel) for _ in range(60)]
+    assert {reply.served_by for reply in replies} == {s.address for s in live}
 
 
 class TcpBalancer:

@@ -16,7 +16,7 @@ from examples.greeter.server import Greeter
 from framework.balancing.calls import ChainedCall
 from framework.middleware import CallContext, Method
 
-from .support import all_ready, say_hello, start_greeter, wait_not_serving
+from .support import all_ready, direct, say_hello, wait_not_serving
 
 Request = greeter_pb2.HelloRequest
 UNKNOWN_METHOD = "/greeter.v1.Greeter/NoSuchMethod"
@@ -48,10 +48,8 @@ class EchoGreeter(Greeter):
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[Greeter]:
-    service = await start_greeter(EchoGreeter)
-    yield service
-    await service.server.stop()
+async def server(serve_greeter) -> Greeter:
+    return await serve_greeter(EchoGreeter)
 
 
 @pytest.fixture(params=["raw", "connect", "connect-ready"])
@@ -401,21 +399,17 @@ async def test_grpc_interceptors_run(server, middleware):
     assert methods == ["/greeter.v1.Greeter/SayHello", "/greeter.v1.Greeter/LotsOfReplies"]
 
 
-async def test_interceptors_miss_the_health_watch_which_still_works():
+async def test_interceptors_miss_the_health_watch_which_still_works(serve_greeter):
     """gz watches each endpoint's health over a channel without the user's interceptors (they
     would otherwise see calls the user never made); a draining server still loses its calls."""
-    draining, other = await start_greeter(shutdown_drain=1.0), await start_greeter()
+    draining, other = await serve_greeter(shutdown_drain=1.0), await serve_greeter()
     methods: list[str] = []
     interceptors = [UnaryRecorder(methods), StreamRecorder(methods)]
-    target = f"direct:///{draining.address},{other.address}"
-    try:
-        async with framework.connect(target, interceptors=interceptors) as channel:
-            await all_ready(channel, 2)
-            stopping = asyncio.ensure_future(draining.server.stop())
-            await wait_not_serving(channel, draining.address)
-            served = {(await say_hello(channel)).served_by for _ in range(20)}
-            assert served == {other.address}
-            await stopping
-    finally:
-        await other.server.stop()
+    async with framework.connect(direct([draining, other]), interceptors=interceptors) as channel:
+        await all_ready(channel, 2)
+        stopping = asyncio.ensure_future(draining.server.stop())
+        await wait_not_serving(channel, draining.address)
+        served = {(await say_hello(channel)).served_by for _ in range(20)}
+        assert served == {other.address}
+        await stopping
     assert methods == ["/greeter.v1.Greeter/SayHello"] * 20

@@ -15,7 +15,6 @@ from .support import (
     all_ready,
     greeters_on_one_port,
     say_hello,
-    start_greeter,
     wait_until,
 )
 
@@ -125,13 +124,10 @@ async def test_a_lookup_error_names_the_target_and_the_cause():
     assert recorder.updates == [frozenset({Endpoint("127.0.0.1", 8080)})]  # never an empty set
 
 
-async def test_the_system_resolver_finds_localhost():
-    server = await start_greeter()
+async def test_the_system_resolver_finds_localhost(serve_greeter):
+    server = await serve_greeter()
     port = server.server.port
-    try:
-        assert "127.0.0.1" in await system_lookup("localhost", port)
-        async with framework.connect(f"dns:///localhost:{port}") as channel:
-            assert (await say_hello(channel)).served_by == server.address
-            assert Endpoint("127.0.0.1", port) in channel.endpoints
-    finally:
-        await server.server.stop()
+    assert "127.0.0.1" in await system_lookup("localhost", port)
+    async with framework.connect(f"dns:///localhost:{port}") as channel:
+        assert (await say_hello(channel)).served_by == server.address
+        assert Endpoint("127.0.0.1", port) in channel.endpoints

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -31,8 +30,8 @@ from .support import (
     all_ready,
     count_replicas,
     free_port,
+    gz_command,
     say_hello,
-    start_greeter,
     wait_until,
 )
 
@@ -327,23 +326,22 @@ async def test_the_resolver_outlives_errors_etcd_is_not_expected_to_give(etcd, m
 
 
 # -- keys written by others --------------------------------------------------------------------
-async def test_go_zero_keys_resolve_and_garbage_is_skipped_once(etcd, caplog, monkeypatch):
-    greeter = await start_greeter()
+async def test_go_zero_keys_resolve_and_garbage_is_skipped_once(
+    etcd, caplog, monkeypatch, serve_greeter
+):
+    greeter = await serve_greeter()
     monkeypatch.setenv("GZ_ETCD_ENDPOINTS", etcd.endpoint)
     caplog.set_level(logging.WARNING, "gz.discovery.etcd")
-    try:
-        etcd.etcdctl("put", "greet.rpc/123", greeter.address)  # as a go-zero server writes it
-        etcd.etcdctl("put", "greet.rpc/456", "not an address")
-        etcd.etcdctl("put", "greet.rpc.v2/1", "127.0.0.1:1")  # another service sharing the stem
-        async with framework.connect("etcd:///greet.rpc") as channel:
-            assert (await say_hello(channel)).served_by == greeter.address
-            etcd.etcdctl("put", "greet.rpc/456", "not an address")  # again: no second warning
-            etcd.etcdctl("put", "greet.rpc/789", "[::1:99")
-            await asyncio.sleep(0.3)
-            assert channel.endpoints == [framework.Endpoint.parse(greeter.address)]
-            assert (await say_hello(channel)).served_by == greeter.address
-    finally:
-        await greeter.server.stop()
+    etcd.etcdctl("put", "greet.rpc/123", greeter.address)  # as a go-zero server writes it
+    etcd.etcdctl("put", "greet.rpc/456", "not an address")
+    etcd.etcdctl("put", "greet.rpc.v2/1", "127.0.0.1:1")  # another service sharing the stem
+    async with framework.connect("etcd:///greet.rpc") as channel:
+        assert (await say_hello(channel)).served_by == greeter.address
+        etcd.etcdctl("put", "greet.rpc/456", "not an address")  # again: no second warning
+        etcd.etcdctl("put", "greet.rpc/789", "[::1:99")
+        await asyncio.sleep(0.3)
+        assert channel.endpoints == [framework.Endpoint.parse(greeter.address)]
+        assert (await say_hello(channel)).served_by == greeter.address
     warnings = [r.getMessage() for r in caplog.records]
     assert sum("greet.rpc/456" in w for w in warnings) == 1, warnings
     assert any("greet.rpc/789" in w and "not host:port" in w for w in warnings)
@@ -398,20 +396,17 @@ def test_prefix_cache_notices_a_replaced_etcd():
 
 
 # -- connections, endpoints, credentials -------------------------------------------------------
-async def test_clients_share_one_connection_and_fail_over_between_endpoints(etcd):
-    greeter = await start_greeter()
+async def test_clients_share_one_connection_and_fail_over_between_endpoints(etcd, serve_greeter):
+    greeter = await serve_greeter()
     etcd.etcdctl("put", "greeter/1", greeter.address)
     dead = f"127.0.0.1:{free_port()}"
     target = f"etcd://{dead},{etcd.endpoint}/greeter"
-    try:
-        async with framework.connect(target) as first, framework.connect(target) as second:
-            assert (await say_hello(first)).served_by == greeter.address
-            assert (await say_hello(second)).served_by == greeter.address
-            shared = [c for c in connection._shared.values() if etcd.endpoint in c.config.endpoints]
-            assert len(shared) == 1 and shared[0].users == 2
-        assert not [c for c in connection._shared.values() if etcd.endpoint in c.config.endpoints]
-    finally:
-        await greeter.server.stop()
+    async with framework.connect(target) as first, framework.connect(target) as second:
+        assert (await say_hello(first)).served_by == greeter.address
+        assert (await say_hello(second)).served_by == greeter.address
+        shared = [c for c in connection._shared.values() if etcd.endpoint in c.config.endpoints]
+        assert len(shared) == 1 and shared[0].users == 2
+    assert not [c for c in connection._shared.values() if etcd.endpoint in c.config.endpoints]
 
 
 async def test_etcd_with_a_user_and_password(server_process, etcd, monkeypatch):
@@ -472,13 +467,22 @@ async def test_etcd_with_mutual_tls(server_process):
 
 
 # -- gz resolve ----------------------------------------------------------------------------------
+def without_gz_variables(**env: str) -> dict[str, str]:
+    """This process's environment but for its GZ_* variables, plus ``env``: a gz process then
+    reads only the settings the test gives it."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("GZ_")}
+    return {**kept, "PYTHONPATH": str(ROOT), **env}
+
+
 def gz_resolve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scaffold.cli", "resolve", *args],
-        capture_output=True, text=True, timeout=30, cwd=ROOT,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("GZ_")},
-             "PYTHONPATH": str(ROOT), **env},
-    )  # fmt: skip
+        gz_command("resolve", *args),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=without_gz_variables(**env),
+    )
 
 
 def test_gz_resolve_prints_the_registered_set(etcd):
@@ -496,11 +500,12 @@ async def test_gz_resolve_watch_prints_a_new_replica(server_process, etcd):
     await wait_serving_and_registered(etcd, first)
     target = f"etcd://{etcd.endpoint}/greeter"
     watching = subprocess.Popen(
-        [sys.executable, "-m", "scaffold.cli", "resolve", target, "--watch"],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("GZ_")},
-             "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        gz_command("resolve", target, "--watch"),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=without_gz_variables(),
+    )
 
     async def lines(count: int) -> list[str]:
         read = [asyncio.to_thread(watching.stdout.readline) for _ in range(count)]

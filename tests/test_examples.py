@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 
-from .support import ROOT
+from .support import ROOT, direct
 
 
 def run_example(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -29,7 +29,6 @@ def test_the_client_example_counts_who_served(server_process):
     replicas = [server_process(), server_process()]
     for replica in replicas:
         asyncio.run(replica.wait_serving())
-    target = "direct:///" + ",".join(r.address for r in replicas)
-    done = run_example("examples.greeter.client", target, "--calls", "20")
+    done = run_example("examples.greeter.client", direct(replicas), "--calls", "20")
     assert done.returncode == 0, done.stderr
     assert all(r.address in done.stdout for r in replicas), done.stdout

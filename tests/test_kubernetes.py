@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from .support import (
     all_ready,
     count_replicas,
     greeters_on_one_port,
+    gz_command,
     say_hello,
     wait_until,
 )
@@ -523,16 +523,12 @@ async def test_calls_follow_the_serving_pods_of_a_service(kube: KubeApiServer):
             await pod.server.stop()
 
 
-# -- gz resolve ---------------------------------------------------------------------------------
-def gz(*args: str) -> list[str]:
-    return [str(ROOT / ".venv" / "bin" / "python"), "-m", "scaffold.cli", *args]
-
-
+# -- gz resolve (KUBECONFIG from the kube fixture) ---------------------------------------------
 async def test_gz_resolve_prints_the_set_as_json(kube: KubeApiServer):
     kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.2", "10.0.0.1"]))
     kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, ["fd00::1"], address_type="IPv6"))
     result = await asyncio.to_thread(
-        subprocess.run, gz("resolve", TARGET, "--json"), cwd=ROOT, env=dict(os.environ),
+        subprocess.run, gz_command("resolve", TARGET, "--json"), cwd=ROOT,
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -544,8 +540,8 @@ async def test_gz_resolve_prints_the_set_as_json(kube: KubeApiServer):
 
 async def test_gz_resolve_watch_prints_each_change(kube: KubeApiServer):
     kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"]))
-    process = subprocess.Popen(gz("resolve", TARGET, "--watch", "--json"), cwd=ROOT,
-                               env=dict(os.environ), stdout=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(gz_command("resolve", TARGET, "--watch", "--json"), cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         first = await asyncio.to_thread(process.stdout.readline)
         assert json.loads(first)["endpoints"] == ["10.0.0.1:8080"]
@@ -560,8 +556,8 @@ async def test_gz_resolve_watch_prints_each_change(kube: KubeApiServer):
 async def test_gz_resolve_explains_a_forbidden_namespace(kube: KubeApiServer):
     kube.forbidden.add("locked")
     result = await asyncio.to_thread(
-        subprocess.run, gz("resolve", f"k8s://locked/{SERVICE}:grpc"), cwd=ROOT,
-        env=dict(os.environ), capture_output=True, text=True, timeout=30,
+        subprocess.run, gz_command("resolve", f"k8s://locked/{SERVICE}:grpc"), cwd=ROOT,
+        capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 1
     assert "endpointslices" in result.stderr and "gz kube endpoints" in result.stderr

@@ -21,14 +21,12 @@ from framework.middleware.deadline import Deadline, _inherited, time_remaining
 from framework.middleware.shedding import BUCKET_SECONDS, Shedding
 
 from .middleware_relay import SECRET, Relay
-from .support import ROOT, say_hello, start_greeter, wait_until
+from .support import ROOT, say_hello, wait_until
 
 
 @pytest.fixture
-async def relay():
-    service = await start_greeter(Relay)
-    yield service
-    await service.server.stop()
+async def relay(serve_greeter):
+    return await serve_greeter(Relay)
 
 
 async def test_a_handler_exception_is_internal_with_an_error_id_and_logged(relay, caplog):
@@ -56,27 +54,24 @@ async def test_a_handler_exception_is_internal_with_an_error_id_and_logged(relay
     assert (line.code, line.error_id, line.side) == ("INTERNAL", error_id, "server")
 
 
-async def test_without_recovery_grpc_itself_puts_the_exception_text_in_the_status():
-    service = await start_greeter(Relay, recovery=False)
-    try:
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await say_hello(channel, "raise")
-        assert raised.value.code() is grpc.StatusCode.UNKNOWN
-        assert SECRET in raised.value.details()  # why recovery is on by default
-    finally:
-        await service.server.stop()
+async def test_without_recovery_grpc_itself_puts_the_exception_text_in_the_status(serve_greeter):
+    service = await serve_greeter(Relay, recovery=False)
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await say_hello(channel, "raise")
+    assert raised.value.code() is grpc.StatusCode.UNKNOWN
+    assert SECRET in raised.value.details()  # why recovery is on by default
 
 
-async def test_the_call_log_writes_one_json_line_for_a_slow_call_without_the_request(caplog):
-    service = await start_greeter(slow_call=0.05)
+async def test_the_call_log_writes_one_json_line_for_a_slow_call_without_the_request(
+    serve_greeter, caplog
+):
+    service = await serve_greeter(slow_call=0.05)
     caplog.set_level(logging.INFO, logger="gz.call")
-    try:
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            await say_hello(channel, "fast-and-private")
-            await say_hello(channel, "slow-and-private", delay_seconds=0.1)
-    finally:
-        await service.server.stop()
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        await say_hello(channel, "fast-and-private")
+        await say_hello(channel, "slow-and-private", delay_seconds=0.1)
+    await service.server.stop()  # its handlers are done, and so are their call log lines
     (record,) = [r for r in caplog.records if r.name == "gz.call"]
     line = json.loads(JsonFormatter().format(record))
     assert line["message"].startswith("slow call")
@@ -87,22 +82,19 @@ async def test_the_call_log_writes_one_json_line_for_a_slow_call_without_the_req
     assert "private" not in json.dumps(line)
 
 
-async def test_a_saturated_server_sheds_with_resource_exhausted_and_stays_fast():
-    service = await start_greeter(max_concurrency=2)
-    try:
-        async with grpc.aio.insecure_channel(service.address) as channel:
+async def test_a_saturated_server_sheds_with_resource_exhausted_and_stays_fast(serve_greeter):
+    service = await serve_greeter(max_concurrency=2)
+    async with grpc.aio.insecure_channel(service.address) as channel:
 
-            async def timed_call() -> tuple[grpc.StatusCode, float]:
-                started = time.monotonic()
-                try:
-                    await say_hello(channel, "busy", delay_seconds=0.3)
-                    return grpc.StatusCode.OK, time.monotonic() - started
-                except grpc.aio.AioRpcError as error:
-                    return error.code(), time.monotonic() - started
+        async def timed_call() -> tuple[grpc.StatusCode, float]:
+            started = time.monotonic()
+            try:
+                await say_hello(channel, "busy", delay_seconds=0.3)
+                return grpc.StatusCode.OK, time.monotonic() - started
+            except grpc.aio.AioRpcError as error:
+                return error.code(), time.monotonic() - started
 
-            results = await asyncio.gather(*(timed_call() for _ in range(6)))
-    finally:
-        await service.server.stop()
+        results = await asyncio.gather(*(timed_call() for _ in range(6)))
     accepted = [took for code, took in results if code is grpc.StatusCode.OK]
     shed = [took for code, took in results if code is grpc.StatusCode.RESOURCE_EXHAUSTED]
     assert (len(accepted), len(shed)) == (2, 4)
@@ -154,13 +146,13 @@ async def test_client_deadlines_default_per_method_and_capped_by_the_inherited_o
     ],
 )
 async def test_gz_timeout_and_gz_method_timeouts_from_the_environment_through_connect(
-    monkeypatch, timeout, method_timeouts, expires
+    serve_greeter, monkeypatch, timeout, method_timeouts, expires
 ):
     """A 200 ms default deadline against a 2 s handler expires; the other method's deadline
     (30 s) lets its 0.3 s handler finish: wide margins for a loaded machine."""
     monkeypatch.setenv("GZ_TIMEOUT", timeout)
     monkeypatch.setenv("GZ_METHOD_TIMEOUTS", method_timeouts)
-    service = await start_greeter()
+    service = await serve_greeter()
 
     async def outcome(stub: greeter_pb2_grpc.GreeterStub, method: str) -> grpc.StatusCode:
         request = greeter_pb2.HelloRequest(count=1, delay_seconds=2.0 if method == expires else 0.3)
@@ -173,14 +165,9 @@ async def test_gz_timeout_and_gz_method_timeouts_from_the_environment_through_co
             return error.code()
         return grpc.StatusCode.OK
 
-    try:
-        async with framework.connect(f"direct:///{service.address}") as channel:  # settings: env
-            stub = greeter_pb2_grpc.GreeterStub(channel)
-            codes = {
-                method: await outcome(stub, method) for method in ("SayHello", "LotsOfReplies")
-            }
-    finally:
-        await service.server.stop()
+    async with framework.connect(f"direct:///{service.address}") as channel:  # settings: env
+        stub = greeter_pb2_grpc.GreeterStub(channel)
+        codes = {method: await outcome(stub, method) for method in ("SayHello", "LotsOfReplies")}
     expected = {method: grpc.StatusCode.OK for method in codes}
     assert codes == {**expected, expires: grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -196,15 +183,12 @@ class SyncProbe(Greeter):
 
 
 @pytest.mark.parametrize("probe", [AsyncProbe, SyncProbe])
-async def test_the_server_deadline_is_inherited_only_while_the_handler_runs(probe):
-    service = await start_greeter(probe)
-    try:
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            stub = greeter_pb2_grpc.GreeterStub(channel)
-            with_deadline = await stub.SayHello(greeter_pb2.HelloRequest(), timeout=1)
-            without = await stub.SayHello(greeter_pb2.HelloRequest())
-    finally:
-        await service.server.stop()
+async def test_the_server_deadline_is_inherited_only_while_the_handler_runs(serve_greeter, probe):
+    service = await serve_greeter(probe)
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        stub = greeter_pb2_grpc.GreeterStub(channel)
+        with_deadline = await stub.SayHello(greeter_pb2.HelloRequest(), timeout=1)
+        without = await stub.SayHello(greeter_pb2.HelloRequest())
     assert 0.5 < float(with_deadline.message) <= 1.01
     assert without.message == "None"
     assert time_remaining() is None

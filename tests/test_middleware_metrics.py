@@ -4,8 +4,6 @@ and the client-side families of this process."""
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 
 import grpc
 import pytest
@@ -17,7 +15,7 @@ from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from framework.discovery import Listener, Resolver
 from framework.middleware.metrics import BUCKETS
 
-from .support import free_port, say_hello, wait_until
+from .support import free_port, http_get, say_hello, wait_until
 
 UNARY = {"grpc_type": "unary", "grpc_service": "greeter.v1.Greeter", "grpc_method": "SayHello"}
 STREAM = {**UNARY, "grpc_type": "server_stream", "grpc_method": "LotsOfReplies"}
@@ -34,14 +32,6 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 def value(parsed: dict, name: str, **labels: str) -> float:
     return parsed.get((name, frozenset(labels.items())), 0.0)
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 async def test_metrics_endpoint_counts_calls_per_code_with_go_buckets(server_process):

@@ -11,16 +11,14 @@ import framework
 from examples.greeter.server import Greeter
 from framework.middleware.auth import TokenAuth
 
-from .support import health_status, say_hello, start_greeter
+from .support import health_status, say_hello
 
 TOKEN = "s3cret-token-value"
 
 
 @pytest.fixture
-async def guarded():
-    service = await start_greeter(auth_tokens=[TOKEN, "another"])
-    yield service
-    await service.server.stop()
+async def guarded(serve_greeter):
+    return await serve_greeter(auth_tokens=[TOKEN, "another"])
 
 
 async def call_code(address: str, **client_settings: object) -> grpc.StatusCode:
@@ -49,20 +47,17 @@ async def test_a_good_token_passes_a_wrong_or_missing_one_is_unauthenticated(gua
     assert TOKEN not in caplog.text and "wrong" not in caplog.text
 
 
-async def test_a_check_function_may_be_async_and_decides():
+async def test_a_check_function_may_be_async_and_decides(serve_greeter):
     async def check(token: str) -> bool:
         return token.startswith("team-")
 
     class Checked(Greeter):
         middleware = (TokenAuth(check=check),)
 
-    service = await start_greeter(Checked)
-    try:
-        assert await call_code(service.address, auth_token="team-a") is grpc.StatusCode.OK
-        unauthenticated = grpc.StatusCode.UNAUTHENTICATED
-        assert await call_code(service.address, auth_token="other") is unauthenticated
-    finally:
-        await service.server.stop()
+    service = await serve_greeter(Checked)
+    assert await call_code(service.address, auth_token="team-a") is grpc.StatusCode.OK
+    unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+    assert await call_code(service.address, auth_token="other") is unauthenticated
 
 
 def test_token_auth_without_tokens_or_check_says_what_to_configure():
@@ -70,32 +65,28 @@ def test_token_auth_without_tokens_or_check_says_what_to_configure():
         TokenAuth()
 
 
-async def test_tls_the_client_verifies_the_server_against_its_ca(pki):
-    service = await start_greeter(tls_cert=pki["server_cert"], tls_key=pki["server_key"])
-    try:
-        address = service.address
-        assert await call_code(address, tls_ca=pki["ca"]) is grpc.StatusCode.OK
-        assert await call_code(address, tls_ca=pki["other_ca"]) is grpc.StatusCode.UNAVAILABLE
-        assert await call_code(address) is grpc.StatusCode.UNAVAILABLE  # plaintext
-    finally:
-        await service.server.stop()
+async def test_tls_the_client_verifies_the_server_against_its_ca(serve_greeter, pki):
+    service = await serve_greeter(tls_cert=pki["server_cert"], tls_key=pki["server_key"])
+    address = service.address
+    assert await call_code(address, tls_ca=pki["ca"]) is grpc.StatusCode.OK
+    assert await call_code(address, tls_ca=pki["other_ca"]) is grpc.StatusCode.UNAVAILABLE
+    assert await call_code(address) is grpc.StatusCode.UNAVAILABLE  # plaintext
 
 
-async def test_mtls_the_server_accepts_only_clients_with_a_certificate_from_its_ca(pki):
-    service = await start_greeter(
+async def test_mtls_the_server_accepts_only_clients_with_a_certificate_from_its_ca(
+    serve_greeter, pki
+):
+    service = await serve_greeter(
         tls_cert=pki["server_cert"], tls_key=pki["server_key"], tls_ca=pki["ca"]
     )
-    try:
-        address, ca = service.address, pki["ca"]
-        ok = await call_code(address, tls_ca=ca, tls_cert=pki["client_cert"],
-                             tls_key=pki["client_key"])  # fmt: skip
-        assert ok is grpc.StatusCode.OK
-        assert await call_code(address, tls_ca=ca) is grpc.StatusCode.UNAVAILABLE  # no cert
-        stranger = await call_code(address, tls_ca=ca, tls_cert=pki["stranger_cert"],
-                                   tls_key=pki["stranger_key"])  # fmt: skip
-        assert stranger is grpc.StatusCode.UNAVAILABLE
-    finally:
-        await service.server.stop()
+    address, ca = service.address, pki["ca"]
+    ok = await call_code(address, tls_ca=ca, tls_cert=pki["client_cert"],
+                         tls_key=pki["client_key"])  # fmt: skip
+    assert ok is grpc.StatusCode.OK
+    assert await call_code(address, tls_ca=ca) is grpc.StatusCode.UNAVAILABLE  # no cert
+    stranger = await call_code(address, tls_ca=ca, tls_cert=pki["stranger_cert"],
+                               tls_key=pki["stranger_key"])  # fmt: skip
+    assert stranger is grpc.StatusCode.UNAVAILABLE
 
 
 def test_a_server_ca_without_a_server_certificate_is_a_bad_setting(pki, monkeypatch):

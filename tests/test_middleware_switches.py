@@ -24,11 +24,10 @@ from framework.middleware.recovery import Recovery
 from framework.middleware.shedding import Shedding
 from framework.middleware.tracing import Tracing, configure_tracing
 
-from .support import ROOT
+from .support import DEFAULT_MIDDLEWARE_OFF, ROOT
 
 SERVER_DEFAULTS = [Tracing, Metrics, CallLog, Deadline, Recovery]
 CLIENT_DEFAULTS = [Tracing, Metrics, CallLog, Deadline]
-ALL_OFF = {"tracing": False, "metrics": False, "call_log": False, "deadline": False}
 
 
 def kinds(chain: list) -> list[type]:
@@ -71,7 +70,7 @@ async def handler(request, context):
 
 
 def test_with_everything_off_a_server_method_keeps_grpcs_own_handler():
-    settings = framework.ServerSettings(**ALL_OFF, recovery=False)
+    settings = framework.ServerSettings(**DEFAULT_MIDDLEWARE_OFF, recovery=False)
     original = grpc.unary_unary_rpc_method_handler(handler)
     with ThreadPoolExecutor(1) as executor:
         wrapped = wrap_method_handler(
@@ -83,7 +82,7 @@ def test_with_everything_off_a_server_method_keeps_grpcs_own_handler():
 def test_tracing_without_a_tracer_provider_is_left_out_of_every_chain():
     method = Method("/greeter.v1.Greeter/SayHello", Kind.UNARY_UNARY, "client")
     assert compose([Tracing()], method, handler) is handler
-    off = framework.ClientSettings(**ALL_OFF)
+    off = framework.ClientSettings(**DEFAULT_MIDDLEWARE_OFF)
     assert compose(client_middleware(off), method, handler) is handler
 
 

@@ -40,16 +40,19 @@ class TracedGreeter(Greeter):
         return self.reply(str(baggage.get_baggage("tenant")))
 
 
-@pytest.fixture
-async def traced():
-    service = await start_greeter(TracedGreeter, tracing=False)
+def traced_channel(service: Greeter) -> framework.BalancedChannel:
+    """A channel to service whose client spans go to EXPORTER (gz's own tracing off)."""
     settings = framework.ClientSettings(tracing=False)
-    channel = framework.connect(f"direct:///{service.address}", settings=settings,
-                                middleware=[Tracing(PROVIDER)])  # fmt: skip
+    return framework.connect(f"direct:///{service.address}", settings=settings,
+                             middleware=[Tracing(PROVIDER)])  # fmt: skip
+
+
+@pytest.fixture
+async def traced(serve_greeter):
+    channel = traced_channel(await serve_greeter(TracedGreeter, tracing=False))
     EXPORTER.clear()
     yield greeter_pb2_grpc.GreeterStub(channel)
     await channel.close()
-    await service.server.stop()
 
 
 def requests():
@@ -137,9 +140,7 @@ async def test_a_server_stream_the_client_cancels_ends_its_span_cleanly(call_log
     "Failed to detach context") and without asking grpc for the peer (which crashes then)."""
     caplog.set_level(logging.INFO, logger="gz.call")
     service = await start_greeter(TracedGreeter, tracing=False, call_log=call_log)
-    settings = framework.ClientSettings(tracing=False)
-    channel = framework.connect(f"direct:///{service.address}", settings=settings,
-                                middleware=[Tracing(PROVIDER)])  # fmt: skip
+    channel = traced_channel(service)
     EXPORTER.clear()
 
     def server_spans() -> list:
@@ -184,7 +185,7 @@ class PeerAtEnd(CallObserver):
         self.peers.append(ctx.peer)
 
 
-async def test_a_users_observer_may_read_the_peer_when_a_cancelled_stream_ends():
+async def test_a_users_observer_may_read_the_peer_when_a_cancelled_stream_ends(serve_greeter):
     """The peer of a server stream is read while its call is alive: asked for after grpc freed
     the call (a cancelled stream closed later by the event loop) it would crash the process."""
     observer = PeerAtEnd()
@@ -192,22 +193,19 @@ async def test_a_users_observer_may_read_the_peer_when_a_cancelled_stream_ends()
     class Observed(Greeter):
         middleware = (observer,)
 
-    service = await start_greeter(Observed, tracing=False, call_log=False)
-    try:
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            call = greeter_pb2_grpc.GreeterStub(channel).LotsOfReplies(
-                greeter_pb2.HelloRequest(name="x", count=1_000_000)
-            )
-            async for _ in call:
-                break
-            call.cancel()
+    service = await serve_greeter(Observed, tracing=False, call_log=False)
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        call = greeter_pb2_grpc.GreeterStub(channel).LotsOfReplies(
+            greeter_pb2.HelloRequest(name="x", count=1_000_000)
+        )
+        async for _ in call:
+            break
+        call.cancel()
 
-            def ended() -> bool:
-                gc.collect()  # the dropped stream is closed once it is collected
-                return bool(observer.peers)
+        def ended() -> bool:
+            gc.collect()  # the dropped stream is closed once it is collected
+            return bool(observer.peers)
 
-            await wait_until(ended, 10, "the stream ended")
-    finally:
-        await service.server.stop()
+        await wait_until(ended, 10, "the stream ended")
     (peer,) = observer.peers
     assert peer is not None and peer.startswith("ipv4:127.0.0.1:")

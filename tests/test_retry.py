@@ -16,7 +16,7 @@ from framework.balancing import outlier
 from framework.balancing.attempts import UnaryAttempts
 from framework.balancing.calls import ChainedCall
 
-from .support import all_ready, direct, hot_path_settings, start_greeter
+from .support import all_ready, direct, hot_path_settings
 
 REQUEST = greeter_pb2.HelloRequest(name="retry")
 
@@ -60,22 +60,6 @@ class FailingAfterAReply(Greeter):
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.address} fails after a reply")
 
 
-@pytest.fixture
-async def servers():
-    started: list[Greeter] = []
-
-    async def start(service_class: type[Greeter] = Greeter, code=None) -> Greeter:
-        service = await start_greeter(service_class)
-        if code is not None:
-            service.code = code
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        await service.server.stop()
-
-
 def connect(*services: Greeter, **options: object) -> framework.BalancedChannel:
     options.setdefault("settings", hot_path_settings())
     return framework.connect(direct(services), balancer="round_robin", **options)
@@ -88,8 +72,8 @@ async def ready(channel: framework.BalancedChannel) -> greeter_pb2_grpc.GreeterS
     return greeter_pb2_grpc.GreeterStub(channel)
 
 
-async def test_unavailable_is_retried_on_another_endpoint_on_the_hot_path(servers):
-    failing, healthy = await servers(Failing), await servers()
+async def test_unavailable_is_retried_on_another_endpoint_on_the_hot_path(serve_greeter):
+    failing, healthy = await serve_greeter(Failing), await serve_greeter()
     async with connect(failing, healthy) as channel:
         stub = await ready(channel)
         calls = [stub.SayHello(REQUEST) for _ in range(20)]
@@ -101,9 +85,10 @@ async def test_unavailable_is_retried_on_another_endpoint_on_the_hot_path(server
         assert await calls[0].details() == ""
 
 
-async def test_other_codes_are_retried_only_for_idempotent_calls(servers):
-    failing = await servers(Failing, code=grpc.StatusCode.INTERNAL)
-    healthy = await servers()
+async def test_other_codes_are_retried_only_for_idempotent_calls(serve_greeter):
+    failing = await serve_greeter(Failing)
+    failing.code = grpc.StatusCode.INTERNAL
+    healthy = await serve_greeter()
     async with connect(failing, healthy) as channel:
         stub = await ready(channel)
         with pytest.raises(grpc.aio.AioRpcError) as error:
@@ -123,8 +108,8 @@ async def test_other_codes_are_retried_only_for_idempotent_calls(servers):
         assert {reply.served_by for reply in replies} == {healthy.address}
 
 
-async def test_a_call_gets_at_most_max_attempts_each_on_another_endpoint(servers):
-    failing = [await servers(Failing) for _ in range(4)]
+async def test_a_call_gets_at_most_max_attempts_each_on_another_endpoint(serve_greeter):
+    failing = [await serve_greeter(Failing) for _ in range(4)]
     async with connect(*failing, retry=framework.RetryPolicy(max_attempts=3)) as channel:
         stub = await ready(channel)
         before = sum(s.calls for s in failing)
@@ -137,10 +122,10 @@ async def test_a_call_gets_at_most_max_attempts_each_on_another_endpoint(servers
         assert "fails on purpose" in await call.details()
 
 
-async def test_a_lone_failing_call_gets_its_retries_from_the_budget_reserve(servers):
+async def test_a_lone_failing_call_gets_its_retries_from_the_budget_reserve(serve_greeter):
     """At low traffic 20% of the calls is less than one retry; the reserve still lets a call
     use all its attempts (default policy)."""
-    failing = [await servers(Failing) for _ in range(3)]
+    failing = [await serve_greeter(Failing) for _ in range(3)]
     async with connect(*failing) as channel:
         assert channel.retry is not None and channel.retry.policy == framework.RetryPolicy()
         stub = await ready(channel)
@@ -151,7 +136,7 @@ async def test_a_lone_failing_call_gets_its_retries_from_the_budget_reserve(serv
 
 @pytest.mark.parametrize("chained", [False, True], ids=["hot_path", "chained"])
 async def test_each_attempt_of_a_call_goes_to_another_endpoint_under_p2c_ewma(
-    servers, monkeypatch, chained
+    serve_greeter, monkeypatch, chained
 ):
     """Two of three endpoints fail at once and the healthy one takes 10 ms, so p2c_ewma, which
     favours fast endpoints, keeps drawing the failing ones: only the channel's memory of what a
@@ -159,8 +144,8 @@ async def test_each_attempt_of_a_call_goes_to_another_endpoint_under_p2c_ewma(
     # ejection would take a failing endpoint out of the draw and hide a repeated pick
     monkeypatch.setattr(outlier, "CONSECUTIVE", 10**9)
     monkeypatch.setattr(outlier, "MIN_CALLS", 10**9)
-    failing = [await servers(Failing) for _ in range(2)]
-    healthy = await servers(Slow)
+    failing = [await serve_greeter(Failing) for _ in range(2)]
+    healthy = await serve_greeter(Slow)
     seen: dict[str, list[tuple[int, str | None]]] = {}  # per call: (attempt, peer) of each
 
     class Record(framework.Middleware):
@@ -194,10 +179,10 @@ async def test_each_attempt_of_a_call_goes_to_another_endpoint_under_p2c_ewma(
             assert sorted(peers[:-1]) == tried[name] and peers[-1] == healthy.address
 
 
-async def test_a_stream_is_not_retried_once_a_reply_arrived(servers):
+async def test_a_stream_is_not_retried_once_a_reply_arrived(serve_greeter):
     """Part of the answer reached the caller: a retry would repeat it, so the error ends the
     call, on either endpoint, after the first reply."""
-    replicas = [await servers(FailingAfterAReply) for _ in range(2)]
+    replicas = [await serve_greeter(FailingAfterAReply) for _ in range(2)]
     async with connect(*replicas) as channel:
         stub = await ready(channel)
         received = []
@@ -210,8 +195,8 @@ async def test_a_stream_is_not_retried_once_a_reply_arrived(servers):
         assert sum(r.calls for r in replicas) == 1
 
 
-async def test_no_retry_starts_that_would_end_after_the_deadline(servers):
-    failing = [await servers(Failing) for _ in range(2)]
+async def test_no_retry_starts_that_would_end_after_the_deadline(serve_greeter):
+    failing = [await serve_greeter(Failing) for _ in range(2)]
     slow_retries = framework.RetryPolicy(first_backoff=2.0, max_backoff=2.0)
     async with connect(*failing, retry=slow_retries) as channel:
         stub = await ready(channel)
@@ -222,8 +207,8 @@ async def test_no_retry_starts_that_would_end_after_the_deadline(servers):
         assert sum(s.calls for s in failing) == 1
 
 
-async def test_retry_can_be_switched_off(servers):
-    failing, healthy = await servers(Failing), await servers()
+async def test_retry_can_be_switched_off(serve_greeter):
+    failing, healthy = await serve_greeter(Failing), await serve_greeter()
     async with connect(failing, healthy, retry=False) as channel:
         stub = await ready(channel)
         codes = set()
@@ -235,8 +220,8 @@ async def test_retry_can_be_switched_off(servers):
         assert codes == {grpc.StatusCode.UNAVAILABLE}
 
 
-async def test_middleware_sees_each_attempt_and_streams_retry_before_a_first_reply(servers):
-    failing, healthy = await servers(Failing), await servers()
+async def test_middleware_sees_each_attempt_and_streams_retry_before_a_first_reply(serve_greeter):
+    failing, healthy = await serve_greeter(Failing), await serve_greeter()
     seen: list[tuple[str, int, str | None]] = []
 
     class Record(framework.Middleware):
@@ -271,8 +256,8 @@ async def test_middleware_sees_each_attempt_and_streams_retry_before_a_first_rep
     assert (("SayHello", 1, failing.address)) in seen
 
 
-async def test_a_default_deadline_set_by_middleware_holds_for_the_whole_call(servers):
-    failing = [await servers(Failing) for _ in range(2)]
+async def test_a_default_deadline_set_by_middleware_holds_for_the_whole_call(serve_greeter):
+    failing = [await serve_greeter(Failing) for _ in range(2)]
 
     class DefaultTimeout(framework.Middleware):  # as the Deadline middleware does for GZ_TIMEOUT
         async def unary(self, ctx, request, call_next):
@@ -291,7 +276,7 @@ async def test_a_default_deadline_set_by_middleware_holds_for_the_whole_call(ser
         assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-async def test_retries_keep_the_hot_path_with_default_middleware_and_are_counted(servers):
+async def test_retries_keep_the_hot_path_with_default_middleware_and_are_counted(serve_greeter):
     from prometheus_client import REGISTRY, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -303,7 +288,7 @@ async def test_retries_keep_the_hot_path_with_default_middleware_and_are_counted
                     found[(sample.name, sample.labels.get("grpc_code", ""))] = sample.value
         return found
 
-    failing, healthy = await servers(Failing), await servers()
+    failing, healthy = await serve_greeter(Failing), await serve_greeter()
     async with connect(failing, healthy, settings=framework.ClientSettings()) as channel:
         stub = await ready(channel)
         before = counts()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import yaml
 from framework.durations import parse_duration
 from scaffold import kube
 
-from .support import free_port, gz, say_hello, wait_until
+from .support import free_port, gz, http_get, say_hello, wait_until
 
 ENVOY = Path(sys.executable).parent / "envoy"
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
@@ -308,10 +306,13 @@ async def test_generated_envoy_proxies_grpc_and_balances_over_two_replicas(
         assert set(served) == {r.address for r in replicas}, served
         assert min(served.values()) >= 5, served
         # the Envoy Deployment's preStop hook (without its sleep) fails Envoy's /healthz
-        assert await asyncio.to_thread(_status, f"http://127.0.0.1:{listen}/healthz") == 200
+        healthz = f"http://127.0.0.1:{listen}/healthz"
+        status, _ = await asyncio.to_thread(http_get, healthz, 2)
+        assert status == 200
         script = envoy_prestop().replace("/9901 ", f"/{admin} ").rpartition("; sleep")[0]
         subprocess.run(["/bin/bash", "-c", script], check=True, timeout=10)
-        assert await asyncio.to_thread(_status, f"http://127.0.0.1:{listen}/healthz") == 503
+        status, _ = await asyncio.to_thread(http_get, healthz, 2)
+        assert status == 503
     finally:
         envoy.terminate()
         envoy.wait(timeout=10)
@@ -326,29 +327,15 @@ def envoy_prestop() -> str:
     return command["command"][2]
 
 
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return reply.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
 async def _wait_healthy_hosts(admin: int, count: int, timeout: float = 20.0) -> None:
     """Until Envoy's gRPC health checks have passed on ``count`` hosts."""
 
     async def healthy() -> bool:
         try:
-            lines = (
-                await asyncio.to_thread(_get, f"http://127.0.0.1:{admin}/clusters")
-            ).splitlines()
+            _, text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{admin}/clusters", 1)
         except OSError:
             return False
+        lines = text.splitlines()
         return sum(1 for line in lines if line.endswith("::health_flags::healthy")) >= count
 
     await wait_until(healthy, timeout, f"{count} healthy Envoy hosts", poll=0.1)
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=1) as reply:
-        return reply.read().decode()

@@ -10,8 +10,6 @@ from framework import netaddr
 from framework.durations import parse_duration
 from framework.settings import ClientSettings, EtcdSettings, ServerSettings, SettingsError
 
-from .support import start_greeter
-
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
@@ -251,11 +249,10 @@ def test_the_advertised_host_in_order(
     assert netaddr.advertise_host(listen_host, configured) == advertised
 
 
-async def test_a_server_advertises_gz_advertise_host_over_everything(clean_environment, machine):
+async def test_a_server_advertises_gz_advertise_host_over_everything(
+    clean_environment, machine, serve_greeter
+):
     clean_environment.setenv("GZ_ADVERTISE_HOST", "10.0.0.7")
     clean_environment.setenv("POD_IP", "10.2.2.2")
-    service = await start_greeter()  # listens on 127.0.0.1, a specific host
-    try:
-        assert service.server.address == f"10.0.0.7:{service.server.port}"
-    finally:
-        await service.server.stop()
+    service = await serve_greeter()  # listens on 127.0.0.1, a specific host
+    assert service.server.address == f"10.0.0.7:{service.server.port}"

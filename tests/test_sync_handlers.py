@@ -8,8 +8,6 @@ import framework
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
 
-from .support import start_greeter
-
 Request = greeter_pb2.HelloRequest
 
 
@@ -39,19 +37,16 @@ async def requests(*names: str):
         yield Request(name=name)
 
 
-async def test_sync_handlers_of_every_kind_run_in_the_thread_pool():
-    service = await start_greeter(SyncGreeter)
-    try:
-        async with framework.connect(f"direct:///{service.address}") as channel:
-            stub = greeter_pb2_grpc.GreeterStub(channel)
-            replies = [
-                await stub.SayHello(Request(name="unary")),
-                *[r async for r in stub.LotsOfReplies(Request(name="stream", count=4))],
-                await stub.LotsOfGreetings(requests("a", "b", "c")),
-                *[r async for r in stub.BidiHello(requests("x", "y"))],
-            ]
-    finally:
-        await service.server.stop()
+async def test_sync_handlers_of_every_kind_run_in_the_thread_pool(serve_greeter):
+    service = await serve_greeter(SyncGreeter)
+    async with framework.connect(f"direct:///{service.address}") as channel:
+        stub = greeter_pb2_grpc.GreeterStub(channel)
+        replies = [
+            await stub.SayHello(Request(name="unary")),
+            *[r async for r in stub.LotsOfReplies(Request(name="stream", count=4))],
+            await stub.LotsOfGreetings(requests("a", "b", "c")),
+            *[r async for r in stub.BidiHello(requests("x", "y"))],
+        ]
     messages = [r.message.split(" [")[0] for r in replies]
     assert messages == [
         "Hello, unary!", "stream 1", "stream 2", "stream 3", "stream 4",

@@ -24,6 +24,8 @@ from framework.discovery.dns import DnsResolver
 from framework.discovery.etcd import EtcdResolver
 from framework.settings import ClientSettings
 
+from .support import Recorder
+
 # Parsing is pure and fast; a few dozen examples per property keep the suite quick.
 examples = settings(max_examples=40, deadline=None)
 
@@ -70,25 +72,17 @@ def durations(draw: st.DrawFn) -> tuple[str, float]:
 
 
 def resolved(resolver: Resolver) -> frozenset[Endpoint]:
-    """The first endpoint set the resolver pushes."""
+    """The first endpoint set the resolver pushes; an error before it fails the test."""
 
     async def first_update() -> frozenset[Endpoint]:
-        first: asyncio.Future[frozenset[Endpoint]] = asyncio.get_running_loop().create_future()
-
-        class Recorder:
-            def update(self, endpoints: frozenset[Endpoint]) -> None:
-                if not first.done():
-                    first.set_result(endpoints)
-
-            def error(self, message: str) -> None:
-                if not first.done():
-                    first.set_exception(AssertionError(message))
-
-        watching = asyncio.ensure_future(resolver.watch(Recorder()))
+        recorder = Recorder()
+        watching = asyncio.ensure_future(resolver.watch(recorder))
         try:
-            return await asyncio.wait_for(first, 10)
+            await recorder.wait_for(lambda: bool(recorder.updates or recorder.errors), 10)
         finally:
             watching.cancel()
+        assert recorder.updates, recorder.errors[0]
+        return recorder.updates[0]
 
     return asyncio.run(first_update())
 

@@ -18,7 +18,7 @@ from grpc.aio import AioRpcError, Metadata
 
 from ..middleware import CallContext
 from ..middleware.retry import ATTEMPT, IDEMPOTENT, TRIED_PEERS
-from .calls import code_of, details_of
+from .calls import LATEST_CALL, code_of, details_of
 
 if TYPE_CHECKING:
     from .channel import _MultiCallable
@@ -74,14 +74,18 @@ class UnaryAttempts(grpc.aio.UnaryUnaryCall):
     def _latest_call(self) -> grpc.aio.Call:
         """The grpc call of the latest attempt."""
         if self._ctx is not None:
-            return self._ctx.state.get("call", self._call)
+            return self._ctx.state.get(LATEST_CALL, self._call)
         return self._call
 
     async def _outcome(self) -> BaseException | None:
         """Run the call (and its retries) to its end; the error it ended with, None for OK."""
+        return await asyncio.shield(self._settled_task())
+
+    def _settled_task(self) -> asyncio.Task[BaseException | None]:
+        """The one task that runs the call to its end, made when first needed."""
         if self._settled is None:
             self._settled = asyncio.ensure_future(self._settle())
-        return await asyncio.shield(self._settled)
+        return self._settled
 
     async def _settle(self) -> BaseException | None:
         try:
@@ -133,9 +137,7 @@ class UnaryAttempts(grpc.aio.UnaryUnaryCall):
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         """Called once the outcome is known, retries included (which this starts if need be)."""
-        if self._settled is None:
-            self._settled = asyncio.ensure_future(self._settle())
-        self._settled.add_done_callback(lambda _: callback(self))
+        self._settled_task().add_done_callback(lambda _: callback(self))
 
     def __repr__(self) -> str:
         return f"<UnaryAttempts {self._latest_call()!r}>"

@@ -16,6 +16,9 @@ from ..middleware import CallContext
 
 _END = object()
 
+# ctx.state key of the grpc call of a call's latest attempt (ChainedCall and UnaryAttempts read it)
+LATEST_CALL = "call"
+
 
 def rpc_error(code: grpc.StatusCode, details: str) -> AioRpcError:
     """An error that looks exactly like one a grpc channel raises."""
@@ -42,7 +45,7 @@ def details_of(error: BaseException | None) -> str:
 def announce_call(ctx: CallContext, call: grpc.aio.Call | None) -> None:
     """Record the grpc call of the latest attempt (None: there will be none) for ChainedCall."""
     if call is not None:
-        ctx.state["call"] = call
+        ctx.state[LATEST_CALL] = call
     waiter = ctx.state.pop("call_waiter", None)
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
@@ -78,8 +81,8 @@ class ChainedCall(
 ):
     """A call whose result comes from a composed handler instead of one grpc call.
 
-    ``ctx.state["call"]`` is the grpc call of the latest attempt, set by the channel's endpoint
-    handler; metadata are read from it.
+    ``ctx.state[LATEST_CALL]`` is the grpc call of the latest attempt, set by the channel's
+    endpoint handler; metadata are read from it.
     """
 
     def __init__(
@@ -175,7 +178,7 @@ class ChainedCall(
 
     # -- status -------------------------------------------------------------------------------
     def _grpc_call(self) -> grpc.aio.Call | None:
-        return self._ctx.state.get("call")
+        return self._ctx.state.get(LATEST_CALL)
 
     async def code(self) -> grpc.StatusCode:
         return code_of(await self._outcome())

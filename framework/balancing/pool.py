@@ -142,9 +142,8 @@ class SubchannelPool:
     def _eject(self, subchannel: Subchannel) -> None:
         """Leave a failing endpoint out of the picker for a while, unless that would leave out
         more than half of the endpoints (then the failures are more likely the callers')."""
-        if subchannel.outcomes.is_ejected() or self.subchannels.get(subchannel.endpoint) is not (
-            subchannel
-        ):
+        retired = self.subchannels.get(subchannel.endpoint) is not subchannel
+        if retired or subchannel.outcomes.is_ejected():
             return
         ejected = sum(s.outcomes.is_ejected() for s in self.subchannels.values())
         if ejected + 1 > len(self.subchannels) // 2:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from .endpoint import Endpoint
 from .resolver import Listener, ManualResolver, Resolver
-from .target import FORMS, Target, TargetError, expand_bare_name, parse_target
+from .target import FORMS, Target, TargetError, expand_bare_name, parse_target, target_variable
 
 if TYPE_CHECKING:
     from ..settings import ClientSettings
@@ -48,4 +48,5 @@ __all__ = [
     "build_resolver",
     "expand_bare_name",
     "parse_target",
+    "target_variable",
 ]

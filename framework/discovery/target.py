@@ -75,6 +75,12 @@ def parse_target(text: str) -> Target:
     return target
 
 
+def target_variable(name: str) -> str:
+    """The variable that gives a bare name its full target: GZ_TARGET_ORDER_API for
+    ``order-api``."""
+    return "GZ_TARGET_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
 def expand_bare_name(
     text: str, env: Mapping[str, str] | None = None, *, discovery: str | None = None
 ) -> str:
@@ -87,7 +93,7 @@ def expand_bare_name(
     if not _BARE_NAME.match(text):
         raise TargetError(f"bad target {text!r}: no scheme, nor a bare name; expected {ALL_FORMS}")
     name, _, port = text.partition(":")
-    variable = "GZ_TARGET_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
+    variable = target_variable(name)
     if env.get(variable):
         return env[variable]
     discovery = discovery or env.get("GZ_DISCOVERY", "")

@@ -33,7 +33,8 @@ class TokenAuth(Middleware):
         return method.side == "server"
 
     async def _accepts(self, token: str) -> bool:
-        if any(hmac.compare_digest(token.encode(), known) for known in self._tokens):
+        encoded = token.encode()
+        if any(hmac.compare_digest(encoded, known) for known in self._tokens):
             return True
         if self._check is None:
             return False
@@ -74,7 +75,3 @@ class BearerToken(CallObserver):
 
     def begin(self, ctx: CallContext) -> None:
         ctx.metadata.append(self._header)
-
-    def stream(self, ctx: CallContext, request: Any, call_next: Any) -> Any:
-        self.begin(ctx)
-        return call_next(ctx, request)

@@ -198,6 +198,15 @@ class _Observers(Middleware):
         end_all(observers, ctx, tokens, None)
 
 
+class _Starters(_Observers):
+    """Consecutive plain observers none of which overrides ``end``: a response stream needs no
+    generator of theirs around it, only their ``begin`` as the call starts."""
+
+    def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
+        begin_all(self.observers, ctx)
+        return call_next(ctx, request)
+
+
 def bind(middleware: Sequence[Middleware], method: Method) -> list[Middleware]:
     """The middleware that take part in ``method``'s chain, each as ``for_method`` gives it:
     those that say no, or do not override the hook the method needs, are left out."""
@@ -238,7 +247,8 @@ def compose_bound(
     handler = endpoint
     for layer in reversed(layers):
         if isinstance(layer, list):
-            layer = _Observers(layer)
+            begin_only = all(type(item).end is CallObserver.end for item in layer)
+            layer = _Starters(layer) if begin_only else _Observers(layer)
         handler = functools.partial(getattr(layer, hook), call_next=handler)
     return handler
 

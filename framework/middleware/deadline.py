@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
-from typing import Any
 
-from .chain import CallContext, CallObserver, Method, Middleware, StreamHandler
+from .chain import CallContext, CallObserver, Method, Middleware
 
 _inherited: ContextVar[float | None] = ContextVar("gz_deadline", default=None)
 
@@ -37,7 +36,7 @@ class Deadline(Middleware):
 
     def for_method(self, method: Method) -> Middleware | None:
         if method.side == "server":
-            return _ServerDeadline()
+            return _ServerStreamDeadline() if method.kind.response_streaming else _ServerDeadline()
         timeouts = self.method_timeouts
         keys = (method.full_name, method.full_name.lstrip("/"), method.name)
         timeout = next((timeouts[key] for key in keys if key in timeouts), self.timeout)
@@ -52,12 +51,13 @@ class _ServerDeadline(CallObserver):
         if token is not None:
             _inherited.reset(token)
 
-    async def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
-        # Each server call runs in a task of its own, so the value cannot leak to other calls;
-        # not reset, as a generator may be closed from another context.
+
+class _ServerStreamDeadline(CallObserver):
+    """Set and never reset: a response stream may be closed from another context. Each server
+    call runs in a task of its own, so the value cannot leak to other calls."""
+
+    def begin(self, ctx: CallContext) -> None:
         _inherited.set(ctx.deadline)
-        async for response in call_next(ctx, request):
-            yield response
 
 
 class _ClientDeadline(CallObserver):
@@ -73,7 +73,3 @@ class _ClientDeadline(CallObserver):
         inherited = _inherited.get()
         if inherited is not None and (ctx.deadline is None or inherited < ctx.deadline):
             ctx.deadline = inherited
-
-    def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
-        self.begin(ctx)  # nothing to do at the end, so no generator around the stream
-        return call_next(ctx, request)

@@ -113,7 +113,8 @@ class Shedding(Middleware):
             return f"CPU above {self.cpu_threshold:g}% and {self.in_flight} calls in flight"
         return None
 
-    async def _admit(self, ctx: CallContext) -> float:
+    async def _admit(self, ctx: CallContext) -> float | None:
+        """Refuses the call or counts it in; returns when it started if its latency is needed."""
         reason = self.overloaded()
         if reason is not None:
             assert ctx.servicer_context is not None
@@ -121,11 +122,13 @@ class Shedding(Middleware):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"server overloaded ({reason}); retry later"
             )
         self.in_flight += 1
-        return self._clock()
+        # Latencies feed only the adaptive limit: a plain cap does not time its calls.
+        return None if self.cpu_threshold is None else self._clock()
 
-    def _done(self, started: float) -> None:
+    def _done(self, started: float | None) -> None:
         self.in_flight -= 1
-        self._window.add(self._clock() - started)
+        if started is not None:
+            self._window.add(self._clock() - started)
 
     async def unary(self, ctx: CallContext, request: Any, call_next: Any) -> Any:
         started = await self._admit(ctx)

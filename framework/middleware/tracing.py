@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from ..settings import SettingsError
-from .chain import CallContext, CallObserver, Method, Middleware, StreamHandler
+from .chain import CallContext, CallObserver, Method, Middleware
 from .outcome import OK, call_code
 from .retry import ATTEMPT
 
@@ -106,6 +106,8 @@ class Tracing(Middleware):
             return None
         tracer = provider.get_tracer("gz")
         if method.side == "server":
+            if method.kind.response_streaming:
+                return _ServerStreamSpans(tracer, method)
             return _ServerSpans(tracer, method)
         return _ClientSpans(tracer, method)
 
@@ -160,23 +162,22 @@ class _ServerSpans(_Spans):
         self._context.detach(attached)
         self._finish(span, ctx, error)
 
-    async def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
+    def _is_error(self, code: grpc.StatusCode) -> bool:
+        return code in SERVER_ERROR_CODES
+
+
+class _ServerStreamSpans(_ServerSpans):
+    def begin(self, ctx: CallContext) -> Any:
         span, current = self._start(ctx)
         # Attached and never detached, as the deadline middleware does: grpc runs each call in
         # a task of its own, and a stream the client cancelled is closed later from another
         # task, where detaching fails ("Failed to detach context"). (The peer of a server
         # stream is read when the call starts, for the same reason: middleware/handlers.py.)
         self._context.attach(current)
-        try:
-            async for response in call_next(ctx, request):
-                yield response
-        except BaseException as error:  # GeneratorExit too: the stream was closed early
-            self._finish(span, ctx, error)
-            raise
-        self._finish(span, ctx, None)
+        return span
 
-    def _is_error(self, code: grpc.StatusCode) -> bool:
-        return code in SERVER_ERROR_CODES
+    def end(self, ctx: CallContext, span: Any, error: BaseException | None) -> None:
+        self._finish(span, ctx, error)
 
 
 class _ClientSpans(_Spans):

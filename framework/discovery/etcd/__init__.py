@@ -25,7 +25,7 @@ def build(target: Target, settings: EtcdSettings | None = None) -> EtcdResolver:
             raise target.error(f"bad etcd endpoint: {error}") from None
     if target.authority and not endpoints:
         raise target.error(f"bad etcd endpoints {target.authority!r}")
-    config = EtcdConfig.from_settings(settings or EtcdSettings.from_env(), endpoints or None)
+    config = EtcdConfig.from_settings(settings or EtcdSettings.from_env(), endpoints)
     return EtcdResolver(config, key, target=target.text)
 
 

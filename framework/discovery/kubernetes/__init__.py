@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...backoff import Backoff
 from ..endpoint import Endpoint
 from ..resolver import Listener, Resolver
 from ..target import Target
-from .target import SERVICE_ACCOUNT_NAMESPACE_FILE, KubeTarget, default_namespace, parse_kube_target
+from .target import KubeTarget, default_namespace, parse_kube_target
 from .watcher import SliceWatcher
 
 if TYPE_CHECKING:
@@ -127,15 +126,9 @@ def _set_done(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def build(
-    target: Target,
-    settings: ClientSettings | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    namespace_file: Path = SERVICE_ACCOUNT_NAMESPACE_FILE,
-) -> KubernetesResolver:
+def build(target: Target, settings: ClientSettings | None = None) -> KubernetesResolver:
     """The resolver of a parsed ``k8s://`` target; TargetError if it is malformed."""
-    return KubernetesResolver(parse_kube_target(target, env, namespace_file), text=target.text)
+    return KubernetesResolver(parse_kube_target(target), text=target.text)
 
 
 __all__ = ["KubeTarget", "KubernetesResolver", "build", "default_namespace", "parse_kube_target"]

@@ -179,7 +179,7 @@ class ServiceSlices:
                 self.put(obj)
         finally:
             self._odd_before = set()
-        self._warned = {name: self._warned[name] for name in self._slices if name in self._warned}
+        self._warned = {name: self._warned[name] for name in self._slices}  # put() set each
 
     def put(self, obj: Any, event: str = "") -> None:
         """Add or replace a slice, from a list item or an ADDED or MODIFIED ``event``."""

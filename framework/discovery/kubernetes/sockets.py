@@ -26,20 +26,19 @@ class Sockets:
         self._open: weakref.WeakSet[Any] = weakref.WeakSet()  # closed ones drop out by themselves
         self._shut = False
 
-    def track(self, api_client: Any) -> bool:
-        """Make the client's connections register here. False when its pool manager is not the
-        urllib3 one this knows (a newer client): then only open responses can be cut."""
+    def track(self, api_client: Any) -> None:
+        """Make the client's connections register here. A pool manager that is not the urllib3
+        one this knows (a newer client) is left alone: then only open responses can be cut."""
         manager = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
         pools = getattr(manager, "pool_classes_by_scheme", None)
         if not isinstance(pools, Mapping) or not all(
             isinstance(getattr(pool, "ConnectionCls", None), type) for pool in pools.values()
         ):
-            return False
+            return
         # per instance: other ApiClients in the process keep urllib3's own classes
         manager.pool_classes_by_scheme = {
             scheme: self._tracking_pool(pool) for scheme, pool in pools.items()
         }
-        return True
 
     def shut_down(self) -> None:
         """Cut every open connection (a blocked read then ends) and refuse new ones."""
