@@ -47,6 +47,7 @@ class UnaryAttempts(grpc.aio.UnaryUnaryCall):
         self._retrying: asyncio.Task[Any] | None = None  # attempts 2 and on, once started
         self._ctx: CallContext | None = None
         self._settled: asyncio.Task[BaseException | None] | None = None
+        self._cancelled = False  # cancel() during retries, before the retrying task saw it
 
     # -- the response -------------------------------------------------------------------------
     def __await__(self) -> Generator[Any, None, Any]:
@@ -102,6 +103,10 @@ class UnaryAttempts(grpc.aio.UnaryUnaryCall):
         return details_of(await self._outcome())
 
     async def initial_metadata(self) -> Metadata:
+        if self._retrying is None:
+            metadata = await self._call.initial_metadata()
+            if not self._call.done() or await self._call.code() is grpc.StatusCode.OK:
+                return metadata  # as soon as grpc has it, unless a retry may decide the call
         await self._outcome()
         return await self._latest_call().initial_metadata()
 
@@ -116,20 +121,21 @@ class UnaryAttempts(grpc.aio.UnaryUnaryCall):
 
     def cancel(self) -> bool:
         if self._retrying is not None:
-            if self._retrying.done():
+            if self._retrying.done() or self._cancelled:
                 return False
             self._latest_call().cancel()
-            return self._retrying.cancel()
+            self._cancelled = self._retrying.cancel()  # cancelled at once, as grpc's calls are
+            return self._cancelled
         return self._call.cancel()
 
     def cancelled(self) -> bool:
         if self._retrying is not None:
-            return self._retrying.cancelled()
+            return self._cancelled or self._retrying.cancelled()
         return self._call.cancelled()
 
     def done(self) -> bool:
         if self._retrying is not None:
-            return self._retrying.done()
+            return self._cancelled or self._retrying.done()
         return self._call.done()
 
     def time_remaining(self) -> float | None:

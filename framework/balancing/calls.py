@@ -1,23 +1,39 @@
-"""The call object a BalancedChannel returns when a call cannot go straight to a subchannel: it
-runs through client middleware, or must wait for an endpoint. It behaves as grpc.aio's own call
-objects do (await it, iterate it, write to it, ask its code), so stubs and callers cannot tell."""
+"""The call objects a BalancedChannel returns when a call cannot go straight to a subchannel: it
+runs through client middleware, or must wait for an endpoint. They behave as grpc.aio's own call
+objects do, kind for kind (await it, iterate it, write to it, ask its code), so stubs and callers
+cannot tell.
+
+The chain of a call runs in a task of its own from the moment the call is made, as a grpc call
+starts at once: initial metadata, status and cancellation never wait for the caller to read. A
+response stream still reads from grpc only when the caller asks for a message (``ReadGate``), so
+flow control and the moment the status becomes known stay grpc's: a grpc call holds its status
+back until every message before it was read.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 import grpc
-from grpc.aio import AioRpcError, Metadata
+from grpc.aio import EOF, AioRpcError, Metadata
 
 from ..middleware import CallContext
 
-_END = object()
-
-# ctx.state key of the grpc call of a call's latest attempt (ChainedCall and UnaryAttempts read it)
+# ctx.state keys: the grpc call of a call's latest attempt (read by the call objects here and by
+# UnaryAttempts), and the ReadGate of a response stream (read by the channel's stream endpoint)
 LATEST_CALL = "call"
+READ_GATE = "read_gate"
+_CALL_WAITER = "call_waiter"
+
+# grpc.aio's own words, so that errors read the same through gz
+LOCALLY_CANCELLED = "Locally cancelled by application!"
+_API_STYLE_ERROR = "The iterator and read/write APIs may not be mixed on a single RPC."
+_RPC_ALREADY_FINISHED = "RPC already finished."
+_RPC_HALF_CLOSED = 'RPC is half closed after calling "done_writing".'
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> AioRpcError:
@@ -39,74 +55,129 @@ def code_of(error: BaseException | None) -> grpc.StatusCode:
 def details_of(error: BaseException | None) -> str:
     if isinstance(error, AioRpcError):
         return error.details() or ""
+    if isinstance(error, asyncio.CancelledError):
+        return LOCALLY_CANCELLED
     return "" if error is None else f"{type(error).__name__}: {error}"
 
 
 def announce_call(ctx: CallContext, call: grpc.aio.Call | None) -> None:
-    """Record the grpc call of the latest attempt (None: there will be none) for ChainedCall."""
+    """Record the grpc call of the latest attempt (None: there will be none) for the call
+    object, and let a response stream's gate watch it."""
     if call is not None:
         ctx.state[LATEST_CALL] = call
-    waiter = ctx.state.pop("call_waiter", None)
+        gate = ctx.state.get(READ_GATE)
+        if gate is not None:
+            gate.watch(call)
+    waiter = ctx.state.pop(_CALL_WAITER, None)
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
 
 
-class RequestQueue:
-    """The request iterator behind ``call.write()`` / ``call.done_writing()``."""
+class ReadGate:
+    """Lets a response stream's endpoint read a message from grpc only when the caller asked
+    for one, or once the grpc call has ended (then only the end is left to read)."""
+
+    __slots__ = ("_call", "_ended", "_waiter", "_wanted")
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._wanted = False
+        self._ended = False
+        self._call: grpc.aio.Call | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
-    async def write(self, request: Any) -> None:
-        await self._queue.put(request)
+    def want(self) -> None:
+        """The caller waits for a message."""
+        self._wanted = True
+        self._wake()
 
-    async def done_writing(self) -> None:
-        await self._queue.put(_END)
+    def received(self) -> None:
+        """A message reached the caller: the next read waits for the next ask. (Not cleared
+        per read: an attempt that failed, or a message middleware dropped, still owes one.)"""
+        self._wanted = False
+
+    def watch(self, call: grpc.aio.Call) -> None:
+        """Open for good once ``call`` (the latest attempt's) has ended."""
+        self._call, self._ended = call, False
+        call.add_done_callback(self._call_ended)
+
+    def _call_ended(self, call: grpc.aio.Call) -> None:
+        if call is self._call:
+            self._ended = True
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the endpoint may read a message."""
+        while not (self._wanted or self._ended):
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
+class RequestQueue:
+    """The request iterator behind ``call.write()`` / ``call.done_writing()``: a write returns
+    once grpc has taken the request, as grpc's own write returns once it has sent it."""
+
+    def __init__(self, call: ChainedCall) -> None:
+        self._call = call
+        self._queue: collections.deque[tuple[Any, asyncio.Future[None]]] = collections.deque()
+        self._arrived: asyncio.Future[None] | None = None
+        self.done_writing = False
+
+    async def put(self, request: Any) -> None:
+        taken = asyncio.get_running_loop().create_future()
+        self._queue.append((request, taken))
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+        try:
+            await asyncio.wait((taken, self._call._finished), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._call.cancel()  # as grpc's write: a writer cancelled while sending ends the call
+            raise
+        if not taken.done():  # the call ended first: grpc will not send it
+            taken.cancel()
+            await self._call._raise_for_status()
+            raise asyncio.InvalidStateError(_RPC_ALREADY_FINISHED)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
 
     async def __anext__(self) -> Any:
-        item = await self._queue.get()
-        if item is _END:
+        while not self._queue:
+            if self.done_writing:
+                raise StopAsyncIteration
+            self._arrived = asyncio.get_running_loop().create_future()
+            await self._arrived
+        request, taken = self._queue.popleft()
+        if request is _END:
+            self.done_writing = True
+        if not taken.done():
+            taken.set_result(None)
+        if request is _END:
             raise StopAsyncIteration
-        return item
+        return request
 
 
-class ChainedCall(
-    grpc.aio.UnaryUnaryCall,
-    grpc.aio.UnaryStreamCall,
-    grpc.aio.StreamUnaryCall,
-    grpc.aio.StreamStreamCall,
-):
-    """A call whose result comes from a composed handler instead of one grpc call.
+_END = object()
 
-    ``ctx.state[LATEST_CALL]`` is the grpc call of the latest attempt, set by the channel's
-    endpoint handler; metadata are read from it.
-    """
 
-    def __init__(
-        self,
-        ctx: CallContext,
-        run: Callable[[], Awaitable[Any]] | None = None,
-        responses: AsyncIterator[Any] | None = None,
-        requests: RequestQueue | None = None,
-    ) -> None:
+class ChainedCall(grpc.aio.Call):
+    """A call whose result comes from a composed handler instead of one grpc call: the status,
+    methods and errors of the chain, metadata of the grpc call of the latest attempt
+    (``ctx.state[LATEST_CALL]``, set by the channel's endpoint handler). One subclass per
+    call kind, each with exactly the methods of grpc's call object of that kind."""
+
+    def __init__(self, ctx: CallContext, run: Callable[[], Awaitable[Any]]) -> None:
         self._ctx = ctx
-        self._requests = requests
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._callbacks: list[Callable[[Any], None]] = []
-        self._responses: AsyncIterator[Any] | None = None
-        self._task: asyncio.Task[Any] | None = None
-        if run is not None:
-            self._task = asyncio.ensure_future(run())
-            self._task.add_done_callback(self._unary_done)
-        else:
-            assert responses is not None
-            self._responses = self._track(responses)
+        self._task = asyncio.ensure_future(run())
+        self._task.add_done_callback(self._task_done)
 
     # -- outcome ------------------------------------------------------------------------------
-    def _unary_done(self, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._finish(None if task.cancelled() else task.exception(), task.cancelled())
 
     def _finish(self, error: BaseException | None, cancelled: bool = False) -> None:
@@ -120,20 +191,12 @@ class ChainedCall(
         else:
             self._finished.set_result(None)
         announce_call(self._ctx, None)  # release wait_for_connection() if no call was made
+        self._ended()
         for callback in self._callbacks:
             callback(self)
 
-    async def _track(self, responses: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        try:
-            async for response in responses:
-                yield response
-        except asyncio.CancelledError:
-            self._finish(None, cancelled=True)
-            raise
-        except BaseException as error:
-            self._finish(error)
-            raise
-        self._finish(None)
+    def _ended(self) -> None:
+        """Hook for the response stream: wake a reader waiting for a message."""
 
     async def _outcome(self) -> BaseException | None:
         """The error the call ended with (None for OK), once it has ended."""
@@ -147,50 +210,50 @@ class ChainedCall(
             return error
         return None
 
-    # -- unary response -----------------------------------------------------------------------
-    def __await__(self) -> Any:
-        if self._task is None:
-            raise grpc.aio.UsageError("this call streams its responses: iterate it instead")
-        return self._task.__await__()
-
-    # -- streamed responses -------------------------------------------------------------------
-    def __aiter__(self) -> AsyncIterator[Any]:
-        if self._responses is None:
-            raise grpc.aio.UsageError("this call has one response: await it instead")
-        return self._responses
-
-    async def read(self) -> Any:
-        try:
-            return await self.__aiter__().__anext__()
-        except StopAsyncIteration:
-            return grpc.aio.EOF
-
-    # -- streamed requests --------------------------------------------------------------------
-    async def write(self, request: Any) -> None:
-        if self._requests is None:
-            raise grpc.aio.UsageError("write() needs a call made without a request iterator")
-        await self._requests.write(request)
-
-    async def done_writing(self) -> None:
-        if self._requests is None:
-            raise grpc.aio.UsageError("done_writing() needs a call made without a request iterator")
-        await self._requests.done_writing()
+    async def _raise_for_status(self) -> None:
+        """Raise what the call ended with, if not OK (after it ended)."""
+        error = await self._outcome()
+        if error is not None:
+            raise error
 
     # -- status -------------------------------------------------------------------------------
     def _grpc_call(self) -> grpc.aio.Call | None:
         return self._ctx.state.get(LATEST_CALL)
 
     async def code(self) -> grpc.StatusCode:
-        return code_of(await self._outcome())
+        error = await self._outcome()
+        call = self._grpc_call()
+        if error is None and call is not None:
+            return await call.code()
+        return code_of(error)
 
     async def details(self) -> str:
-        return details_of(await self._outcome())
+        error = await self._outcome()
+        call = self._grpc_call()
+        if error is None and call is not None:  # an OK status may carry details too
+            return await call.details()
+        return details_of(error)
+
+    async def debug_error_string(self) -> str:
+        error = await self._outcome()
+        if isinstance(error, AioRpcError):
+            return error.debug_error_string()
+        call = self._grpc_call()
+        return await call.debug_error_string() if call is not None else ""
 
     async def initial_metadata(self) -> Metadata:
         # Not through wait_for_connection(): that raises for a failed call, and grpc's own
         # calls still return the initial metadata of a failed call.
-        call = await self._announced_call()
-        return await call.initial_metadata() if call is not None else Metadata()
+        while True:
+            call = await self._announced_call()
+            if call is None:
+                return Metadata()
+            metadata = await call.initial_metadata()
+            if not (call.done() and await call.code() is not grpc.StatusCode.OK):
+                return metadata
+            await self._outcome()  # a failed attempt: the attempt that decides may follow
+            if self._grpc_call() is call:
+                return metadata
 
     async def trailing_metadata(self) -> Metadata:
         error = await self._outcome()
@@ -203,7 +266,7 @@ class ChainedCall(
         """The grpc call of the latest attempt once it is made; None if the call ended first."""
         if self._grpc_call() is None and not self._finished.done():
             waiter = self._ctx.state.setdefault(
-                "call_waiter", asyncio.get_running_loop().create_future()
+                _CALL_WAITER, asyncio.get_running_loop().create_future()
             )
             await asyncio.shield(waiter)
         return self._grpc_call()
@@ -211,7 +274,12 @@ class ChainedCall(
     async def wait_for_connection(self) -> None:
         call = await self._announced_call()
         if call is not None:
-            await call.wait_for_connection()
+            try:
+                await call.wait_for_connection()
+            except AioRpcError:  # that attempt failed: the call's outcome decides
+                await self._outcome()
+        if self._finished.done():
+            await self._raise_for_status()
 
     def cancel(self) -> bool:
         if self._finished.done():
@@ -219,10 +287,8 @@ class ChainedCall(
         call = self._grpc_call()
         if call is not None:
             call.cancel()
-        if self._task is not None:
-            self._task.cancel()
-        else:
-            self._finish(None, cancelled=True)
+        self._task.cancel()
+        self._finish(None, cancelled=True)  # cancelled at once, as grpc's calls are
         return True
 
     def cancelled(self) -> bool:
@@ -232,6 +298,9 @@ class ChainedCall(
         return self._finished.done()
 
     def time_remaining(self) -> float | None:
+        call = self._grpc_call()
+        if call is not None:
+            return call.time_remaining()
         if self._ctx.deadline is None:
             return None
         return max(0.0, self._ctx.deadline - time.monotonic())
@@ -241,3 +310,117 @@ class ChainedCall(
             callback(self)
         else:
             self._callbacks.append(callback)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self._ctx.method.full_name}>"
+
+
+class _UnaryResponse(ChainedCall):
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._task.__await__()
+
+
+class _StreamResponse(ChainedCall):
+    """The chain's task puts each message here as the endpoint reads it from grpc."""
+
+    def __init__(self, ctx: CallContext, responses: AsyncIterator[Any]) -> None:
+        self._received: collections.deque[Any] = collections.deque()
+        self._arrived: asyncio.Future[None] | None = None
+        self._gate = ctx.state[READ_GATE] = ReadGate()
+        self._style: str | None = None
+        self._messages: AsyncIterator[Any] | None = None
+        super().__init__(ctx, lambda: self._receive(responses))
+
+    async def _receive(self, responses: AsyncIterator[Any]) -> None:
+        async for response in responses:
+            self._received.append(response)
+            self._gate.received()
+            self._ended()
+
+    def _ended(self) -> None:
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+
+    async def _next(self) -> Any:
+        """The next message, or EOF after the last; raises as the call ended if not OK."""
+        while not self._received or self._finished.cancelled():
+            if self._finished.done():
+                await self._raise_for_status()
+                return EOF
+            self._gate.want()
+            self._arrived = asyncio.get_running_loop().create_future()
+            try:
+                await self._arrived
+            except asyncio.CancelledError:
+                self.cancel()  # as grpc's read: a reader cancelled while waiting ends the call
+                raise
+        return self._received.popleft()
+
+    def _use(self, style: str) -> None:
+        if self._style is None:
+            self._style = style
+        elif self._style != style:
+            raise grpc.aio.UsageError(_API_STYLE_ERROR)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        self._use("iterator")
+        if self._messages is None:
+            self._messages = self._iterate()
+        return self._messages
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while (message := await self._next()) is not EOF:
+            yield message
+
+    async def read(self) -> Any:
+        if self._finished.done() and not self._received:
+            await self._raise_for_status()
+            return EOF
+        self._use("read")
+        return await self._next()
+
+
+class _StreamRequest(ChainedCall):
+    """``write()`` and ``done_writing()`` for a call made without a request iterator."""
+
+    _requests: RequestQueue | None
+
+    async def write(self, request: Any) -> None:
+        requests = self._requests
+        if requests is None:
+            raise grpc.aio.UsageError(_API_STYLE_ERROR)
+        if self._finished.done():
+            raise asyncio.InvalidStateError(_RPC_ALREADY_FINISHED)
+        if requests.done_writing:
+            raise asyncio.InvalidStateError(_RPC_HALF_CLOSED)
+        await requests.put(request)
+
+    async def done_writing(self) -> None:
+        requests = self._requests
+        if requests is None:
+            raise grpc.aio.UsageError(_API_STYLE_ERROR)
+        if self._finished.done() or requests.done_writing:
+            return
+        await requests.put(_END)
+
+
+class ChainedUnaryUnaryCall(_UnaryResponse, grpc.aio.UnaryUnaryCall):
+    pass
+
+
+class ChainedUnaryStreamCall(_StreamResponse, grpc.aio.UnaryStreamCall):
+    pass
+
+
+class ChainedStreamUnaryCall(_StreamRequest, _UnaryResponse, grpc.aio.StreamUnaryCall):
+    def __init__(self, ctx: CallContext, run: Callable[[Any], Awaitable[Any]],
+                 requests: Any) -> None:  # fmt: skip
+        self._requests = RequestQueue(self) if requests is None else None
+        super().__init__(ctx, lambda: run(self._requests if requests is None else requests))
+
+
+class ChainedStreamStreamCall(_StreamRequest, _StreamResponse, grpc.aio.StreamStreamCall):
+    def __init__(self, ctx: CallContext, run: Callable[[Any], AsyncIterator[Any]],
+                 requests: Any) -> None:  # fmt: skip
+        self._requests = RequestQueue(self) if requests is None else None
+        super().__init__(ctx, run(self._requests if requests is None else requests))

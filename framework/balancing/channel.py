@@ -28,7 +28,16 @@ from ..middleware.outcome import end_observers
 from ..middleware.retry import TRIED_PEERS, Retry, idempotent_override
 from ..tls import open_channel
 from .attempts import UnaryAttempts
-from .calls import ChainedCall, RequestQueue, announce_call, rpc_error
+from .calls import (
+    READ_GATE,
+    ChainedCall,
+    ChainedStreamStreamCall,
+    ChainedStreamUnaryCall,
+    ChainedUnaryStreamCall,
+    ChainedUnaryUnaryCall,
+    announce_call,
+    rpc_error,
+)
 from .picker import Picker
 from .pool import SubchannelPool
 from .subchannel import State, Subchannel
@@ -337,12 +346,16 @@ class _MultiCallable:
         options = {"credentials": credentials, "wait_for_ready": wait_for_ready,
                    "compression": compression}  # fmt: skip
         ctx = CallContext(self.method, list(metadata or ()), deadline, options=options)
-        requests = None
-        if self.method.kind.request_streaming and request is None:
-            request = requests = RequestQueue()
-        if self.method.kind.response_streaming:
-            return ChainedCall(ctx, responses=self._handler(ctx, request), requests=requests)
-        return ChainedCall(ctx, run=lambda: self._handler(ctx, request), requests=requests)
+        handler = self._handler
+        kind = self.method.kind
+        if kind is Kind.UNARY_UNARY:
+            return ChainedUnaryUnaryCall(ctx, lambda: handler(ctx, request))
+        if kind is Kind.UNARY_STREAM:
+            return ChainedUnaryStreamCall(ctx, handler(ctx, request))
+        run = functools.partial(handler, ctx)
+        if kind is Kind.STREAM_UNARY:
+            return ChainedStreamUnaryCall(ctx, run, request)
+        return ChainedStreamStreamCall(ctx, run, request)
 
     async def _start_call(self, ctx: CallContext, request: Any) -> Any:
         try:
@@ -365,7 +378,13 @@ class _MultiCallable:
 
     async def _stream_endpoint(self, ctx: CallContext, request: Any) -> AsyncIterator[Any]:
         call = await self._start_call(ctx, request)
-        async for response in call:
+        gate = ctx.state.get(READ_GATE)
+        while True:
+            if gate is not None:
+                await gate.wait()  # read from grpc when the caller asks, as grpc's call does
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                return
             yield response
 
 

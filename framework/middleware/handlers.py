@@ -2,7 +2,10 @@
 
 A method whose chain is empty keeps grpc's own handler untouched (sync handlers then run in the
 server's thread pool as grpc runs them). Otherwise the handler becomes the composed chain ending
-in the servicer method, which may be ``async def``, an async generator, or plain sync code.
+in the servicer method, which may be ``async def``, an async generator, or plain sync code. Sync
+code gets grpc.aio's own synchronous servicer context, as it would without gz: its ``abort()``
+raises, its ``send_initial_metadata()`` blocks until sent, and its ``add_callback()`` callbacks
+run once the handler returned.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 import grpc
+from grpc._cython import cygrpc
 
 from .chain import CallContext, Kind, Method, Middleware, StreamHandler, UnaryHandler, compose
 
@@ -114,9 +118,25 @@ def _invoker(behavior: Callable[..., Any], kind: Kind, executor: Executor) -> Un
     async def invoke_in_thread(ctx: CallContext, request: Any) -> Any:
         if kind.request_streaming:
             request = _blocking_iterator(request, asyncio.get_running_loop())
-        return await _in_thread(executor, behavior, request, ctx.servicer_context)
+        context = _SyncContext(ctx.servicer_context)
+        result = await _in_thread(executor, behavior, request, context)
+        if not kind.response_streaming:  # grpc.aio runs them after a unary handler returned
+            for callback in context.callbacks:
+                callback()
+        return result
 
     return invoke_in_thread
+
+
+class _SyncContext(cygrpc._SyncServicerContext):
+    """The context grpc.aio itself gives sync handlers; grpc keeps the callbacks of its
+    ``add_callback()`` where only grpc can run them, so they are kept here instead."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
 
 
 async def _in_thread(executor: Executor, function: Callable[..., Any], *args: Any) -> Any:

@@ -28,9 +28,13 @@ GO_CODE_NAMES[OK] = "OK"
 def call_code(ctx: CallContext, error: BaseException | None) -> grpc.StatusCode:
     """The status code the call ended with; ``error`` is what its chain raised, if anything."""
     if ctx.servicer_context is not None:  # server side
-        if error is None or isinstance(error, grpc.aio.AbortError):
-            code = ctx.servicer_context.code()
-            return code if isinstance(code, grpc.StatusCode) else (OK if error is None else _UNK)
+        if error is None or isinstance(error, Exception):
+            code = ctx.servicer_context.code()  # what the handler set, or None
+            if not isinstance(code, grpc.StatusCode):
+                return OK if error is None else _UNK
+            # grpc sends a code set before a raise, except OK: then the raise means UNKNOWN
+            chosen = error is None or code is not OK or isinstance(error, grpc.aio.AbortError)
+            return code if chosen else _UNK
     elif error is None:
         return OK
     elif isinstance(error, grpc.RpcError) and hasattr(error, "code"):

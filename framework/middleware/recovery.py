@@ -1,7 +1,11 @@
-"""Recovery: an exception escaping a handler becomes INTERNAL with an error id.
+"""Recovery: an unexpected exception escaping a handler becomes INTERNAL with an error id.
 
 The client gets ``internal error (error id 3f2a...)`` and nothing of the exception; the log gets
 the stack trace under the same id, so a user's bug report can be matched to it.
+
+An exception is expected when the handler chose the call's status before raising it: an abort,
+or a code set with ``context.set_code()`` (as the generated servicer base does for a method the
+class does not implement: UNIMPLEMENTED). Those go on to grpc unchanged, which sends that code.
 """
 
 from __future__ import annotations
@@ -26,19 +30,28 @@ class Recovery(Middleware):
     async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
         try:
             return await call_next(ctx, request)
-        except grpc.aio.AbortError:
-            raise
         except Exception as error:
+            if status_chosen(ctx, error):
+                raise
             await _abort(ctx, error)
 
     async def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
         try:
             async for response in call_next(ctx, request):
                 yield response
-        except grpc.aio.AbortError:
-            raise
         except Exception as error:
+            if status_chosen(ctx, error):
+                raise
             await _abort(ctx, error)
+
+
+def status_chosen(ctx: CallContext, error: Exception) -> bool:
+    """Whether the handler chose the status of the call that raised ``error``."""
+    if isinstance(error, grpc.aio.AbortError):
+        return True
+    assert ctx.servicer_context is not None
+    code = ctx.servicer_context.code()
+    return code is not None and code is not grpc.StatusCode.OK
 
 
 async def _abort(ctx: CallContext, error: Exception) -> None:
