@@ -19,6 +19,7 @@ from grpc.aio import AioRpcError, Metadata
 from ..middleware import CallContext
 from ..middleware.retry import ATTEMPT, IDEMPOTENT, TRIED_PEERS
 from .calls import LATEST_CALL, code_of, details_of
+from .load import finished_code
 
 if TYPE_CHECKING:
     from .channel import _MultiCallable
@@ -142,8 +143,23 @@ class UnaryAttempts(grpc.aio.UnaryUnaryCall):
         return self._call.time_remaining()
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        """Called once the outcome is known, retries included (which this starts if need be)."""
-        self._settled_task().add_done_callback(lambda _: callback(self))
+        """Called once the outcome is known, retries included (which this starts if need be);
+        at once if it is known already, as grpc's calls do."""
+        if self._settled_now():
+            callback(self)
+        else:
+            self._settled_task().add_done_callback(lambda _: callback(self))
+
+    def _settled_now(self) -> bool:
+        """Whether the outcome is known: no attempt runs and none will follow."""
+        if self._retrying is not None:
+            return self._cancelled or self._retrying.done()
+        code = finished_code(self._call) if self._call.done() else None
+        if code is None:
+            return False
+        return code is grpc.StatusCode.OK or not self._owner.retry.policy.retryable(
+            code, self._idempotent
+        )
 
     def __repr__(self) -> str:
         return f"<UnaryAttempts {self._latest_call()!r}>"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
@@ -68,9 +69,7 @@ def announce_call(ctx: CallContext, call: grpc.aio.Call | None) -> None:
         gate = ctx.state.get(READ_GATE)
         if gate is not None:
             gate.watch(call)
-    waiter = ctx.state.pop(_CALL_WAITER, None)
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
+    _resolve(ctx.state.pop(_CALL_WAITER, None))
 
 
 class ReadGate:
@@ -106,8 +105,7 @@ class ReadGate:
             self._wake()
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        _resolve(self._waiter)
 
     async def wait(self) -> None:
         """Until the endpoint may read a message."""
@@ -118,19 +116,21 @@ class ReadGate:
 
 class RequestQueue:
     """The request iterator behind ``call.write()`` / ``call.done_writing()``: a write returns
-    once grpc has taken the request, as grpc's own write returns once it has sent it."""
+    once grpc has sent the request, as grpc's own write does. grpc's call sends each request it
+    takes from its iterator before it asks for the next one, so a request counts as sent when
+    the next is asked for."""
 
     def __init__(self, call: ChainedCall) -> None:
         self._call = call
         self._queue: collections.deque[tuple[Any, asyncio.Future[None]]] = collections.deque()
         self._arrived: asyncio.Future[None] | None = None
+        self._sending: asyncio.Future[None] | None = None  # of the request grpc took last
         self.done_writing = False
 
     async def put(self, request: Any) -> None:
         taken = asyncio.get_running_loop().create_future()
         self._queue.append((request, taken))
-        if self._arrived is not None and not self._arrived.done():
-            self._arrived.set_result(None)
+        _resolve(self._arrived)
         try:
             await asyncio.wait((taken, self._call._finished), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -145,19 +145,23 @@ class RequestQueue:
         return self
 
     async def __anext__(self) -> Any:
+        _resolve(self._sending)  # grpc asks for the next request: it sent the one before
         while not self._queue:
             if self.done_writing:
                 raise StopAsyncIteration
             self._arrived = asyncio.get_running_loop().create_future()
             await self._arrived
-        request, taken = self._queue.popleft()
+        request, self._sending = self._queue.popleft()
         if request is _END:
             self.done_writing = True
-        if not taken.done():
-            taken.set_result(None)
-        if request is _END:
+            _resolve(self._sending)
             raise StopAsyncIteration
         return request
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 _END = object()
@@ -273,11 +277,15 @@ class ChainedCall(grpc.aio.Call):
 
     async def wait_for_connection(self) -> None:
         call = await self._announced_call()
-        if call is not None:
+        if call is not None and not self._finished.done():
+            # A grpc call cancelled before it sent its headers never connects: stop at the end.
+            connected = asyncio.ensure_future(call.wait_for_connection())
             try:
-                await call.wait_for_connection()
-            except AioRpcError:  # that attempt failed: the call's outcome decides
-                await self._outcome()
+                await asyncio.wait((connected, self._finished), return_when=FIRST_COMPLETED)
+            finally:
+                connected.cancel()
+            if connected.done() and not connected.cancelled() and connected.exception():
+                await self._outcome()  # that attempt failed: the call's outcome decides
         if self._finished.done():
             await self._raise_for_status()
 
@@ -338,8 +346,7 @@ class _StreamResponse(ChainedCall):
             self._ended()
 
     def _ended(self) -> None:
-        if self._arrived is not None and not self._arrived.done():
-            self._arrived.set_result(None)
+        _resolve(self._arrived)
 
     async def _next(self) -> Any:
         """The next message, or EOF after the last; raises as the call ended if not OK."""

@@ -79,22 +79,36 @@ def _stream_behavior(method: Method, chain: StreamHandler) -> Callable[..., Any]
 
 
 def _endpoint(behavior: Callable[..., Any], kind: Kind, executor: Executor) -> Any:
-    """The last handler of the chain: calls the servicer method however it is written."""
+    """The last handler of the chain: calls the servicer method however it is written, and
+    takes its responses as grpc.aio would (decided by the kind of function, as grpc decides)."""
     invoke = _invoker(behavior, kind, executor)
     if not kind.response_streaming:
         return invoke
+    if inspect.iscoroutinefunction(behavior):
 
-    async def stream_endpoint(ctx: CallContext, request: Any) -> AsyncIterator[Any]:
-        result = await invoke(ctx, request)
-        if inspect.isasyncgen(result):
-            async for response in result:
+        async def writer_endpoint(ctx: CallContext, request: Any) -> AsyncIterator[Any]:
+            await invoke(ctx, request)  # it wrote with context.write(); what it returns is ignored
+            return
+            yield  # an async generator that yields nothing
+
+        return writer_endpoint
+    if inspect.isasyncgenfunction(behavior):
+
+        async def async_generator_endpoint(ctx: CallContext, request: Any) -> AsyncIterator[Any]:
+            async for response in await invoke(ctx, request):
                 yield response
-        elif isinstance(result, Iterator):  # a sync generator: advance it off the loop
-            while (item := await _in_thread(executor, next, result, _DONE)) is not _DONE:
-                yield item
-        # else the method wrote its responses with context.write() and returned None
 
-    return stream_endpoint
+        return async_generator_endpoint
+
+    async def sync_endpoint(ctx: CallContext, request: Any) -> AsyncIterator[Any]:
+        # Any iterable, as grpc takes (None raises TypeError). Advanced off the loop one item at
+        # a time, so a call the client cancelled closes the generator (GeneratorExit at its
+        # yield) instead of leaving a worker thread blocked on it.
+        responses = iter(await invoke(ctx, request))
+        while (item := await _in_thread(executor, next, responses, _DONE)) is not _DONE:
+            yield item
+
+    return sync_endpoint
 
 
 _DONE = object()
@@ -128,15 +142,22 @@ def _invoker(behavior: Callable[..., Any], kind: Kind, executor: Executor) -> Un
     return invoke_in_thread
 
 
-class _SyncContext(cygrpc._SyncServicerContext):
-    """The context grpc.aio itself gives sync handlers; grpc keeps the callbacks of its
-    ``add_callback()`` where only grpc can run them, so they are kept here instead."""
+class _SyncContext:
+    """grpc.aio's own context for sync handlers (what a handler calls is grpc's, and so is the
+    error for a method it lacks); grpc keeps the callbacks of its ``add_callback()`` where only
+    grpc can run them, so they are kept here instead."""
+
+    __slots__ = ("_context", "callbacks")
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = cygrpc._SyncServicerContext(context)
         self.callbacks: list[Callable[[], None]] = []
 
     def add_callback(self, callback: Callable[[], None]) -> None:
         self.callbacks.append(callback)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 async def _in_thread(executor: Executor, function: Callable[..., Any], *args: Any) -> Any:
