@@ -10,8 +10,9 @@ import socket
 HOST_PORT_FORM = "host:port, e.g. 10.0.0.7:8080, greeter.default.svc:8080 or [::1]:8080"
 
 
-def parse_host_port(text: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` for IPv6); raise ValueError naming the text otherwise."""
+def parse_host_port(text: str, *, listening: bool = False) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6); raise ValueError naming the text otherwise.
+    Port 0 ("any free port") is only for an address to listen on: no peer is ever at port 0."""
     host, sep, port_text = text.strip().rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -24,6 +25,11 @@ def parse_host_port(text: str) -> tuple[str, int]:
         raise ValueError(f"{text!r} is not {HOST_PORT_FORM}")
     if any(ch.isspace() or ch in "/?#@," for ch in host):
         raise ValueError(f"{text!r} is not {HOST_PORT_FORM}")
+    if int(port_text) == 0 and not listening:
+        raise ValueError(
+            f"{text!r} has port 0, where nothing can be reached (0 means 'any free port' only "
+            "to a server choosing where to listen): give the real port"
+        )
     return host, int(port_text)
 
 
@@ -69,6 +75,21 @@ def check_advertise_host(text: str) -> str:
         )
     if any(ch.isspace() or ch in "/?#@,[]" for ch in host):
         raise ValueError("expected an IP address or a host name, e.g. 10.0.0.7")
+    return host
+
+
+def check_bind_host(text: str) -> str:
+    """A host to listen on, without a port: an IP address (wildcards too; IPv6 with or without
+    brackets, returned without) or a host name. ValueError saying what is wrong."""
+    host = text.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(host))
+    if ":" in host or not host or any(ch.isspace() or ch in "/?#@,[]" for ch in host):
+        raise ValueError(
+            "expected an address of this machine without a port, e.g. 127.0.0.1, 0.0.0.0 or ::1"
+        )
     return host
 
 

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from .binding import add_port
 from .middleware import Middleware
+from .middleware.auth import TokenAuth
 from .middleware.defaults import server_middleware
 from .middleware.handlers import wrap_method_handler
 from .netaddr import advertise_host, join_host_port, parse_host_port
@@ -72,22 +74,13 @@ class Server:
         self._health = health.aio.HealthServicer()
         self.service_names = self._add_servicers(middleware)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
-        )
-        try:
-            if credentials is None:
-                self.port = self._server.add_insecure_port(self.settings.listen)
-            else:
-                self.port = self._server.add_secure_port(self.settings.listen, credentials)
-        except RuntimeError:  # grpc says only "Failed to bind"; its log line above says why
-            raise OSError(
-                f"cannot listen on GZ_LISTEN={self.settings.listen}: another process listens"
-                " there, or the host is not an address of this machine"
-            ) from None
-        listen_host, _ = parse_host_port(self.settings.listen)
+        if self.settings.reflection:
+            self._add_reflection(middleware)
+        self.port = add_port(self._server, self.settings, credentials)
+        listen_host, _ = parse_host_port(self.settings.listen, listening=True)
         if self.settings.metrics_port is not None:
-            self.probes = _start_probes(listen_host, self.settings.metrics_port)
+            metrics_host = self.settings.metrics_host or listen_host
+            self.probes = _start_probes(metrics_host, self.settings.metrics_port)
         await self._server.start()
         host = advertise_host(listen_host, self.settings.advertise_host)
         self.address = join_host_port(host, self.port)
@@ -117,6 +110,16 @@ class Server:
                 f"class {name}(framework.Service, your_pb2_grpc.YourServicer)"
             )
         return recorder.service_names
+
+    def _add_reflection(self, middleware: Sequence[Middleware]) -> None:
+        """Reflection describes every service, so it asks for the same bearer token as they do
+        (the chain's TokenAuth); health never does: probes have no token."""
+        guards = [m for m in middleware if isinstance(m, TokenAuth)]
+        names = [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        recorder = _RegistrationRecorder(self._server, guards, self._executor)
+        servicer = reflection.aio.ReflectionServicer(names)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, recorder)
+        recorder.flush()
 
     async def stop(self) -> None:
         """Not serving and deregistered; wait GZ_SHUTDOWN_DRAIN; stop(grace); then on_stop()."""
@@ -181,7 +184,10 @@ def _start_probes(host: str, port: int) -> ProbeServer:
     try:
         probes = ProbeServer(host, port)
     except OSError as error:
-        raise OSError(f"cannot listen on GZ_METRICS_PORT={port} ({host}): {error}") from None
+        raise OSError(
+            f"cannot listen on GZ_METRICS_PORT={port} on {host} (GZ_METRICS_HOST, else the"
+            f" listen host): {error}"
+        ) from None
     probes.start()
     log.info("metrics and probes on http://%s/metrics, /healthz, /readyz",
              join_host_port(host, probes.port))  # fmt: skip

@@ -21,7 +21,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .durations import Duration, parse_duration
-from .netaddr import check_advertise_host, parse_host_port
+from .netaddr import check_advertise_host, check_bind_host, parse_host_port
+from .tlsfiles import key_matches_certificate, load_certificates, load_private_key
 
 
 def _split_commas(text: str) -> list[str]:
@@ -37,13 +38,80 @@ CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
 
 
 def _existing_file(path: str | None) -> str | None:
-    if path is not None and not Path(path).is_file():
+    if path is None:
+        return None
+    if not path.strip():  # set but empty is never "off": TLS must not quietly go away
+        raise ValueError("set but empty: give the path of a PEM file, or unset the variable")
+    if Path(path).is_dir():
+        raise ValueError("a directory, not a file")
+    if not Path(path).is_file():
         raise ValueError("no such file")
     return path
 
 
 ExistingFile = Annotated[str | None, AfterValidator(_existing_file)]
 """The path of a file that must exist (a certificate or key), or None when unset."""
+
+
+def _holds_certificates(path: str | None) -> str | None:
+    if path is not None:
+        load_certificates(path)
+    return path
+
+
+def _holds_private_key(path: str | None) -> str | None:
+    if path is not None:
+        load_private_key(path)
+    return path
+
+
+CertificateFile = Annotated[ExistingFile, AfterValidator(_holds_certificates)]
+"""A PEM file of one or more certificates (a certificate with its chain, or CAs), or None."""
+PrivateKeyFile = Annotated[ExistingFile, AfterValidator(_holds_private_key)]
+"""A PEM file with an unencrypted private key, or None."""
+
+
+class WholeLine(ValueError):
+    """A validation problem whose message is the whole line: it names its variables itself, and
+    quotes no value that may be a secret (tokens, passwords)."""
+
+
+def _printable_token(token: str, what: str) -> str:
+    """A bearer token as it travels in gRPC metadata; WholeLine without quoting it."""
+    token = token.strip()
+    if not token:
+        raise WholeLine(f"{what} is set but empty: give a token, or unset {what}")
+    if not all(" " <= ch <= "~" for ch in token):
+        raise WholeLine(
+            f"{what}: a token may hold only printable ASCII characters, which is all gRPC "
+            "metadata carries (the token is not shown)"
+        )
+    return token
+
+
+def _token_list(value: object) -> object:
+    """``a,b`` -> ["a", "b"]. Set without a token, or with an empty one between commas, is an
+    error: a variable that is set never means "no authentication"."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not value:
+        return value  # [] given in code: the default, no authentication
+    if not any(isinstance(item, str) and item.strip() for item in value):
+        raise WholeLine(
+            "GZ_AUTH_TOKENS is set but holds no token: give a comma list of tokens, "
+            "or unset it to switch authentication off"
+        )
+    for number, item in enumerate(value, 1):
+        if isinstance(item, str) and not item.strip():
+            raise WholeLine(
+                f"GZ_AUTH_TOKENS: token {number} of {len(value)} is empty (two commas in a row, "
+                "or one at an end): remove it; gz refuses rather than guess what was meant"
+            )
+    return [_printable_token(t, "GZ_AUTH_TOKENS") if isinstance(t, str) else t for t in value]
+
+
+TokenList = Annotated[list[str], NoDecode, BeforeValidator(_token_list)]
+"""GZ_AUTH_TOKENS: a comma list of bearer tokens, none of them empty."""
 
 
 class SettingsError(ValueError):
@@ -64,6 +132,8 @@ class _GzSettings(BaseSettings):
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
+    if isinstance(first.get("ctx", {}).get("error"), WholeLine):
+        return str(first["ctx"]["error"])
     field = str(first["loc"][0]) if first["loc"] else "?"
     message = str(first["msg"]).removeprefix("Value error, ")
     if first.get("input") is None:
@@ -77,9 +147,9 @@ class EtcdSettings(_GzSettings):
     etcd_endpoints: CommaList = Field(default_factory=lambda: ["127.0.0.1:2379"])
     etcd_username: str | None = None
     etcd_password: str | None = Field(default=None, validate_default=True)
-    etcd_ca: ExistingFile = None
-    etcd_cert: ExistingFile = None
-    etcd_keyfile: ExistingFile = Field(default=None, validate_default=True)
+    etcd_ca: CertificateFile = None
+    etcd_cert: CertificateFile = None
+    etcd_keyfile: PrivateKeyFile = Field(default=None, validate_default=True)
 
     @field_validator("etcd_endpoints")
     @classmethod
@@ -90,18 +160,33 @@ class EtcdSettings(_GzSettings):
             raise ValueError("expected a comma list of host:port, e.g. 10.0.0.1:2379,10.0.0.2:2379")
         return endpoints
 
+    @field_validator("etcd_username")
+    @classmethod
+    def _username_not_blank(cls, username: str | None) -> str | None:
+        if username is not None and not username.strip():
+            raise ValueError(
+                "set but empty: give the etcd user, or unset GZ_ETCD_USERNAME and "
+                "GZ_ETCD_PASSWORD to connect without authentication"
+            )
+        return username
+
     @field_validator("etcd_password")
     @classmethod
     def _password_with_username(cls, password: str | None, info: ValidationInfo) -> str | None:
         if info.data.get("etcd_username") and password is None:
             raise ValueError("GZ_ETCD_USERNAME is set, so GZ_ETCD_PASSWORD must be set too")
+        if password is not None and "etcd_username" in info.data and not info.data["etcd_username"]:
+            raise WholeLine(
+                "GZ_ETCD_PASSWORD is set but GZ_ETCD_USERNAME is not: set both, or neither"
+            )
         return password
 
     @field_validator("etcd_keyfile")
     @classmethod
     def _keyfile_with_cert(cls, path: str | None, info: ValidationInfo) -> str | None:
         message = "GZ_ETCD_CERT and GZ_ETCD_KEYFILE go together (client certificate)"
-        return _file_paired_with(path, info, "etcd_cert", message)
+        path = _file_paired_with(path, info, "etcd_cert", message)
+        return _key_of_certificate(path, info, "etcd_cert", "GZ_ETCD_CERT", "GZ_ETCD_KEYFILE")
 
 
 def _file_paired_with(
@@ -110,6 +195,21 @@ def _file_paired_with(
     """``path`` set if and only if the field ``partner`` (validated before) is set."""
     if partner in info.data and (path is None) != (info.data[partner] is None):
         raise ValueError(message)
+    return path
+
+
+def _key_of_certificate(
+    path: str | None, info: ValidationInfo, partner: str, cert_variable: str, key_variable: str
+) -> str | None:
+    """``path`` (a key, checked already) belongs to the first certificate in ``partner``."""
+    certificate = info.data.get(partner)
+    if path is None or certificate is None:
+        return path
+    if not key_matches_certificate(certificate, path):
+        raise WholeLine(
+            f"{cert_variable}={certificate!r} and {key_variable}={path!r}: the key does not "
+            "match the certificate (the first one in the file, which must be the key's own)"
+        )
     return path
 
 
@@ -158,15 +258,16 @@ class MiddlewareSettings(_GzSettings):
     call_log: bool = True
     slow_call: Duration = 0.5
     deadline: bool = True
-    tls_cert: ExistingFile = None
-    tls_key: ExistingFile = Field(default=None, validate_default=True)
-    tls_ca: ExistingFile = None
+    tls_cert: CertificateFile = None
+    tls_key: PrivateKeyFile = Field(default=None, validate_default=True)
+    tls_ca: CertificateFile = None
 
     @field_validator("tls_key")
     @classmethod
     def _key_with_cert(cls, path: str | None, info: ValidationInfo) -> str | None:
         message = "GZ_TLS_CERT and GZ_TLS_KEY go together (certificate and its key)"
-        return _file_paired_with(path, info, "tls_cert", message)
+        path = _file_paired_with(path, info, "tls_cert", message)
+        return _key_of_certificate(path, info, "tls_cert", "GZ_TLS_CERT", "GZ_TLS_KEY")
 
 
 class ServerSettings(EtcdSettings, MiddlewareSettings):
@@ -185,15 +286,17 @@ class ServerSettings(EtcdSettings, MiddlewareSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str | None = None  # unset: the listen host (docs/security.md)
+    reflection: bool = True
     recovery: bool = True
     shed_cpu: float | None = Field(default=None, gt=0, le=100)
     max_concurrency: int | None = Field(default=None, ge=1)
-    auth_tokens: CommaList = Field(default_factory=list)
+    auth_tokens: TokenList = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
     def _listen_is_host_port(cls, listen: str) -> str:
-        parse_host_port(listen)
+        parse_host_port(listen, listening=True)
         return listen
 
     @field_validator("advertise_host")
@@ -202,6 +305,13 @@ class ServerSettings(EtcdSettings, MiddlewareSettings):
         if host is None or not host.strip():
             return None  # unset (or set empty): worked out at start-up, see netaddr
         return check_advertise_host(host)
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _bindable_host(cls, host: str | None) -> str | None:
+        if host is None or not host.strip():
+            return None  # unset (or set empty): the listen host
+        return check_bind_host(host)
 
     @field_validator("tls_ca")
     @classmethod
@@ -232,6 +342,20 @@ class ClientSettings(EtcdSettings, MiddlewareSettings):
     auth_token: str | None = None
     tls: bool | None = None  # default: on when GZ_TLS_CA or GZ_TLS_CERT is set
     tls_server_name: str | None = None
+
+    @field_validator("auth_token", mode="before")
+    @classmethod
+    def _usable_token(cls, token: object) -> object:
+        return _printable_token(token, "GZ_AUTH_TOKEN") if isinstance(token, str) else token
+
+    @field_validator("tls_server_name")
+    @classmethod
+    def _server_name_not_blank(cls, name: str | None) -> str | None:
+        if name is not None and not name.strip():
+            raise ValueError(
+                "set but empty: give the name servers' certificates carry, or unset it"
+            )
+        return name
 
     @field_validator("timeout")
     @classmethod

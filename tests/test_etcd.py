@@ -386,7 +386,7 @@ def test_prefix_cache_notices_a_replaced_etcd():
 
     class Snapshot:
         def __init__(self, cluster_id: int, revision: int) -> None:
-            self.header, self.kvs = Header(cluster_id, revision), []
+            self.header, self.kvs, self.too_large = Header(cluster_id, revision), [], []
 
     cache = PrefixCache("etcd:///x")
     assert not cache.load(Snapshot(7, 100))

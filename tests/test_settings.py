@@ -91,10 +91,8 @@ def test_client_variable_is_read(clean_environment, variable, text, field, value
     assert getattr(ClientSettings.from_env(), field) == value
 
 
-def test_etcd_credentials_and_tls_files_are_read(clean_environment, tmp_path):
-    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
-    for path in files.values():
-        path.write_text("-----BEGIN CERTIFICATE-----\n")
+def test_etcd_credentials_and_tls_files_are_read(clean_environment, pki):
+    files = {"ca": pki["ca"], "cert": pki["client_cert"], "key": pki["client_key"]}
     clean_environment.setenv("GZ_ETCD_USERNAME", "root")
     clean_environment.setenv("GZ_ETCD_PASSWORD", "secret")
     clean_environment.setenv("GZ_ETCD_CA", str(files["ca"]))
@@ -160,6 +158,7 @@ def test_durations(clean_environment, text, seconds):
         (ServerSettings, "GZ_ETCD_ENDPOINTS", "10.0.0.1:2379,10.0.0.2"),
         (ClientSettings, "GZ_ETCD_ENDPOINTS", "http//etcd:2379"),
         (ClientSettings, "GZ_ETCD_ENDPOINTS", ","),
+        (ClientSettings, "GZ_ETCD_ENDPOINTS", "127.0.0.1:0"),
         (ServerSettings, "GZ_LOG_LEVEL", "LOUD"),
         (ServerSettings, "GZ_LOG_FORMAT", "xml"),
         (ClientSettings, "GZ_BALANCER", "random"),
@@ -202,10 +201,8 @@ def test_a_bad_value_says_what_to_do(clean_environment, variable, text, advice):
     ("variable", "companion"),
     [("GZ_ETCD_USERNAME", "GZ_ETCD_PASSWORD"), ("GZ_ETCD_CERT", "GZ_ETCD_KEYFILE")],
 )
-def test_a_missing_companion_variable_is_named(clean_environment, tmp_path, variable, companion):
-    certificate = tmp_path / "client.pem"
-    certificate.write_text("-----BEGIN CERTIFICATE-----\n")
-    clean_environment.setenv(variable, str(certificate))
+def test_a_missing_companion_variable_is_named(clean_environment, pki, variable, companion):
+    clean_environment.setenv(variable, pki["client_cert"])
     with pytest.raises(SettingsError) as raised:
         ClientSettings.from_env()
     message = str(raised.value)

@@ -284,8 +284,9 @@ class ChainedCall(grpc.aio.Call):
                 await asyncio.wait((connected, self._finished), return_when=FIRST_COMPLETED)
             finally:
                 connected.cancel()
-            if connected.done() and not connected.cancelled() and connected.exception():
-                await self._outcome()  # that attempt failed: the call's outcome decides
+            if call.done() or (connected.done() and not connected.cancelled()
+                               and connected.exception()):  # fmt: skip
+                await self._outcome()  # that attempt ended: the call's outcome decides
         if self._finished.done():
             await self._raise_for_status()
 

@@ -367,7 +367,10 @@ class _MultiCallable:
             raise
         callable_ = subchannel.callables.get(self) or self._bind(subchannel)
         ctx.peer = subchannel.peer
-        timeout = None if ctx.deadline is None else max(0.0, ctx.deadline - time.monotonic())
+        timeout = None if ctx.deadline is None else ctx.deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:  # as grpc: a call past its deadline is not sent
+            announce_call(ctx, None)
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         call = callable_(request, timeout=timeout, metadata=ctx.metadata or None, **ctx.options)
         subchannel.track(call, self._unary)
         announce_call(ctx, call)

@@ -103,9 +103,7 @@ STYLES = {
         Style("UnimplementedBidi", True, True, implemented=False),
     )
 }
-IMPLEMENTED = [
-    name for name, style in STYLES.items() if style.implemented and not style.odd
-]
+IMPLEMENTED = [name for name, style in STYLES.items() if style.implemented and not style.odd]
 ASYNC_STYLES = [name for name in IMPLEMENTED if not STYLES[name].sync]
 SYNC_STYLES = [name for name in IMPLEMENTED if STYLES[name].sync]
 UNIMPLEMENTED = [name for name, style in STYLES.items() if not style.implemented]
@@ -683,6 +681,7 @@ class Servers:
         the call through a one-slot queue from a worker thread; when the client cancelled the
         call, that thread stays blocked putting an item nobody takes (until cancelled here),
         and the process could not exit."""
+
         def ignore_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             if not isinstance(context.get("exception"), asyncio.CancelledError):
                 loop.default_exception_handler(context)

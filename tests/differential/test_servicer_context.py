@@ -245,9 +245,7 @@ def _abort_with_trailing_metadata(method: str) -> Script:
 
 
 def _set_trailing_metadata_then_abort(method: str) -> Script:
-    return Script(
-        (("trailing", TRAILING), *_io(method), ("abort", Code.ABORTED, "conflict", None))
-    )
+    return Script((("trailing", TRAILING), *_io(method), ("abort", Code.ABORTED, "conflict", None)))
 
 
 def _set_details_then_abort_without_details(method: str) -> Script:
@@ -539,10 +537,20 @@ def test_the_styles_cover_every_handler_kind():
 # -- hypothesis: context operations in any order ------------------------------------------------
 
 CODES = [
-    Code.CANCELLED, Code.INVALID_ARGUMENT, Code.DEADLINE_EXCEEDED, Code.NOT_FOUND,
-    Code.ALREADY_EXISTS, Code.PERMISSION_DENIED, Code.RESOURCE_EXHAUSTED,
-    Code.FAILED_PRECONDITION, Code.ABORTED, Code.OUT_OF_RANGE, Code.INTERNAL, Code.UNAVAILABLE,
-    Code.DATA_LOSS, Code.UNAUTHENTICATED,
+    Code.CANCELLED,
+    Code.INVALID_ARGUMENT,
+    Code.DEADLINE_EXCEEDED,
+    Code.NOT_FOUND,
+    Code.ALREADY_EXISTS,
+    Code.PERMISSION_DENIED,
+    Code.RESOURCE_EXHAUSTED,
+    Code.FAILED_PRECONDITION,
+    Code.ABORTED,
+    Code.OUT_OF_RANGE,
+    Code.INTERNAL,
+    Code.UNAVAILABLE,
+    Code.DATA_LOSS,
+    Code.UNAUTHENTICATED,
 ]  # fmt: skip  (not OK or UNKNOWN: "no code set" must stay unambiguous for the known difference)
 _TEXT = st.text(alphabet="abz é!-", max_size=6)
 _VALUE = st.text(alphabet=string.ascii_lowercase[:3] + "019-_.", min_size=1, max_size=4)
@@ -575,9 +583,7 @@ def scripts(draw: st.DrawFn, method: str) -> Script:
         step.append(st.tuples(st.just("read"), st.integers(1, 2)))
     ending = st.one_of(
         st.none(),
-        st.tuples(
-            st.just("abort"), st.sampled_from(CODES), _TEXT, st.one_of(st.none(), _METADATA)
-        ),
+        st.tuples(st.just("abort"), st.sampled_from(CODES), _TEXT, st.one_of(st.none(), _METADATA)),
         st.tuples(st.just("abort_status"), st.sampled_from(CODES), _TEXT, _METADATA),
         st.tuples(st.just("raise"), _TEXT),
     )

@@ -5,9 +5,10 @@ Calls go to one endpoint at a time; when it does not answer, the next endpoint i
 works with host names and TLS, which a grpc ``ipv4:`` round-robin target does not). Tokens of
 an etcd with authentication are fetched on first use and again when etcd forgets them (a
 restart). Errors come out as EtcdUnavailable (try again later), EtcdRefused (etcd said no:
-fix the settings) or Compacted (a watch must start again from a fresh read); any other answer
-of etcd (NOT_FOUND, RESOURCE_EXHAUSTED, INTERNAL...) as the grpc.aio.AioRpcError itself. The
-registration and resolver loops retry all but cancellation, so no error stops them for good.
+fix the settings), Compacted or TooLarge (a watch must start again from a fresh read); any
+other answer of etcd (NOT_FOUND, RESOURCE_EXHAUSTED, INTERNAL...) as the grpc.aio.AioRpcError
+itself. The registration and resolver loops retry all but cancellation, so no error stops them
+for good.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ log = logging.getLogger("gz.discovery.etcd")
 T = TypeVar("T")
 
 REQUEST_TIMEOUT = 3.0  # seconds for one unary call to one endpoint
+MESSAGE_LIMIT = 4 * 1024 * 1024  # the largest answer taken from etcd (grpc's default)
+PAGE_SIZE = 1000  # keys per read of a prefix; registry values are a few dozen bytes each
 _CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
     ("grpc.keepalive_time_ms", 10_000),  # etcd allows pings every 5 s (--grpc-keepalive-min-time)
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -81,8 +85,22 @@ class Compacted(Exception):
     """The revision a watch asked for is compacted away; read again and watch from there."""
 
 
+class TooLarge(Exception):
+    """A watch answer was over MESSAGE_LIMIT (a huge value was put); read again, skipping it."""
+
+
 class LeaseLost(Exception):
     """etcd dropped the lease before the key was put on it; the registration grants a new one."""
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A prefix as of one revision: the header of its first page, every key and value, and
+    the keys whose value alone was over MESSAGE_LIMIT (read without their value)."""
+
+    header: Any
+    kvs: list[Any]
+    too_large: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,23 +250,65 @@ class EtcdConnection:
             "grant its role readwrite on the service key prefix"
         )
 
-    async def get_prefix(self, prefix: bytes) -> Any:
-        return await self.run(
-            f"read {prefix.decode()!r}",
-            lambda: self.kv.get(prefix, prefix_range_end(prefix), timeout=REQUEST_TIMEOUT),
-        )
+    async def get_prefix(self, prefix: bytes) -> Snapshot:
+        """Every key under ``prefix``, read in pages of at most PAGE_SIZE keys, each page from
+        the key after the last one read and at the revision of the first page, so that the
+        pages make one consistent snapshot (Compacted if that revision goes meanwhile).
+
+        A page is over MESSAGE_LIMIT only when it holds large values: it is read again with a
+        quarter of the keys, down to one key. A key whose value alone is over the limit is
+        read once more without its value (keys_only) and skipped, so a huge value costs a few
+        extra reads and is reported like any bad value, never blocks the rest of the prefix."""
+        operation = f"read {prefix.decode()!r}"
+        end = prefix_range_end(prefix)
+        start, revision, limit = prefix, 0, PAGE_SIZE
+        snapshot: Snapshot | None = None
+        while True:
+            try:
+                page = await self.run(operation, self._range(start, end, revision, limit))
+            except grpc.aio.AioRpcError as error:
+                if not _over_limit(error):
+                    if error.code() == grpc.StatusCode.OUT_OF_RANGE:  # revision compacted
+                        raise Compacted(f"{operation}: {_reason(error)}") from None
+                    raise
+                if limit > 1:
+                    limit = max(1, limit // 4)
+                    continue
+                page = await self.run(operation, self._range(start, end, revision, 1, True))
+                if snapshot is None:
+                    snapshot, revision = Snapshot(page.header, []), page.header.revision
+                snapshot.too_large.extend(kv.key for kv in page.kvs)
+            else:
+                if snapshot is None:
+                    snapshot, revision = Snapshot(page.header, []), page.header.revision
+                snapshot.kvs.extend(page.kvs)
+                limit = min(PAGE_SIZE, limit * 2)
+            if not page.more or not page.kvs:
+                return snapshot
+            start = page.kvs[-1].key + b"\0"
+
+    def _range(
+        self, start: bytes, end: bytes, revision: int, limit: int, keys_only: bool = False
+    ) -> Callable[[], Awaitable[Any]]:
+        return lambda: self.kv.get(start, end, revision=revision, limit=limit,
+                                   keys_only=keys_only, timeout=REQUEST_TIMEOUT)  # fmt: skip
 
     async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[Any]:
         """Watch responses for the prefix from ``start_revision`` on, until an error ends them:
-        Compacted, EtcdUnavailable or EtcdRefused. The caller reads again, then watches again."""
+        Compacted, TooLarge, EtcdUnavailable or EtcdRefused. The caller reads again, then
+        watches again."""
         generation = await self.run("connect", self._ready)
         create = WatchCreateRequest(
             key=prefix, range_end=prefix_range_end(prefix), start_revision=start_revision
         )
-        stream = self.watch_stub.Watch(_hold_open(WatchRequest(create_request=create)),
-                                       metadata=self.metadata())  # fmt: skip
+        # Written to, never half-closed (etcd ends a watch whose client half-closes). Not fed
+        # by a request generator: grpc would consume it in a task of its own that waits
+        # forever once the call has failed (cancel() is then a no-op), and is destroyed
+        # pending with its generator when etcd goes away.
+        stream = self.watch_stub.Watch(metadata=self.metadata())
         try:
-            async for response in _closed_channel_is_unavailable(stream):
+            await _unless_replaced(stream.write(WatchRequest(create_request=create)))
+            while (response := await _unless_replaced(stream.read())) is not grpc.aio.EOF:
                 if response.compact_revision:
                     raise Compacted(f"revision {start_revision} is compacted")
                 if response.canceled:
@@ -259,6 +319,8 @@ class EtcdConnection:
                 yield response
             raise EtcdUnavailable(f"etcd at {self.endpoint} closed the watch")
         except grpc.aio.AioRpcError as error:
+            if _over_limit(error):
+                raise TooLarge(f"a watch answer of etcd was over {_mb(MESSAGE_LIMIT)}") from None
             if error.code() == grpc.StatusCode.UNAUTHENTICATED:
                 self._token = None  # log in again before the next watch
             elif error.code() == grpc.StatusCode.PERMISSION_DENIED:
@@ -281,10 +343,10 @@ def _channel_closed_under_us() -> bool:
     return task is not None and not task.cancelling()
 
 
-async def _closed_channel_is_unavailable(stream: AsyncIterator[T]) -> AsyncIterator[T]:
+async def _unless_replaced(step: Awaitable[T]) -> T:
+    """One step of a watch stream; UNAVAILABLE when the channel was closed under it."""
     try:
-        async for item in stream:
-            yield item
+        return await step
     except asyncio.CancelledError:
         if not _channel_closed_under_us():
             raise
@@ -296,11 +358,16 @@ async def _closed_channel_is_unavailable(stream: AsyncIterator[T]) -> AsyncItera
         ) from None
 
 
-async def _hold_open(request: WatchRequest) -> AsyncIterator[WatchRequest]:
-    """Send the create request, then keep the sending side open: etcd ends a watch whose
-    client half-closes."""
-    yield request
-    await asyncio.Event().wait()
+def _over_limit(error: grpc.aio.AioRpcError) -> bool:
+    """grpc's own refusal of an answer over MESSAGE_LIMIT (etcd's RESOURCE_EXHAUSTED answers,
+    such as too many requests, are not that)."""
+    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (
+        error.details() or ""
+    )
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MB"
 
 
 def _classify(error: BaseException) -> str:
@@ -323,7 +390,7 @@ def _classify(error: BaseException) -> str:
 
 
 # gz's own errors, whose messages already say what happened.
-_GZ_ERRORS = (EtcdUnavailable, EtcdRefused, Compacted, LeaseLost)
+_GZ_ERRORS = (EtcdUnavailable, EtcdRefused, Compacted, TooLarge, LeaseLost)
 # What etcd itself can answer; any other exception in a retry loop is a bug in gz or a library,
 # still retried but logged with its traceback.
 ETCD_ERRORS = (*_GZ_ERRORS, grpc.aio.AioRpcError)

@@ -5,7 +5,8 @@ names a lease, so no key outlives its server. The lease is kept alive every TTL/
 says it is gone (a wiped etcd, a partition longer than the TTL) a new lease and key are made,
 and a key deleted by hand is put again. If etcd is down at start-up the server serves anyway
 and registers once etcd answers. Any failure, even one etcd is not expected to give, is logged
-once per kind and retried with backoff: registration never stops while the server runs.
+once per kind and retried with backoff, and one line says when etcd answers again:
+registration never stops while the server runs.
 """
 
 from __future__ import annotations
@@ -97,10 +98,14 @@ class EtcdRegistration:
         while True:
             try:
                 if self.lease is None:
-                    await self._register_anew()
+                    await self._register_anew()  # which logs that it registered
                 else:
                     await asyncio.sleep(max(0.5, self.ttl / 3))
-                    await self._renew()
+                    kept = self.lease
+                    await self._renew()  # which logs when it had to register anew
+                    if self._failing is not None and self.lease == kept:
+                        log.info("etcd registration of %s: etcd answers again (registered as "
+                                 "%s)", self.address, self.full_key)  # fmt: skip
                 backoff.reset()
                 self._failing = None
             except Exception as error:  # any failure is transient: only a cancel ends the loop

@@ -1,14 +1,17 @@
 """``etcd:///KEY``: the endpoints registered under ``KEY/``, kept current by a watch.
 
-Read the prefix, then watch from the next revision; on a compaction read again at once, on any
-other error (even one etcd is not expected to give) read again after a jittered backoff and tell
-the listener once per kind of error. While etcd is unreachable the last set stays in use.
-Values that are not ``host:port`` are skipped with one warning per key and value.
+Read the prefix (in pages, at one revision), then watch from the next revision; on a
+compaction or a watch answer too large to take read again at once, on any other error (even one
+etcd is not expected to give) read again after a jittered backoff and tell the listener once per
+kind of error, and log one line when etcd answers again. While etcd is unreachable the last set
+stays in use. Values that are not ``host:port`` (or too large to read) are skipped: one warning
+line per update sums them up, at most one a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -18,8 +21,10 @@ from ..endpoint import Endpoint
 from ..resolver import Listener, Resolver
 from .connection import (
     ETCD_ERRORS,
+    MESSAGE_LIMIT,
     Compacted,
     EtcdConfig,
+    TooLarge,
     acquire,
     describe,
     failure_kind,
@@ -31,6 +36,62 @@ log = logging.getLogger("gz.discovery.etcd")
 # A wiped etcd comes back empty and the servers re-register within their keepalive interval;
 # keep calling the last set for this long rather than fail every call meanwhile.
 REREGISTRATION_WINDOW = 15.0
+# A prefix full of garbage must not flood every client's log: skipped keys are summed up in one
+# line per update naming a few of them, and such lines come at most this often (seconds).
+SKIPPED_LOG_INTERVAL = 60.0
+SKIPPED_EXAMPLES = 3
+_TOO_LARGE = -1  # stands for the value of a key skipped as too large to read
+
+
+class SkippedKeys:
+    """Keys skipped for their values, logged as one warning per update with the count and the
+    first few keys. After a line, the next comes SKIPPED_LOG_INTERVAL later at the earliest:
+    keys skipped meanwhile are counted and folded into it (or into a last line when the
+    resolver stops)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.count = 0
+        self.examples: list[str] = []
+        self.quiet_until = 0.0
+        self._later: asyncio.TimerHandle | None = None
+
+    def add(self, key: bytes, value: bytes | None) -> None:
+        self.count += 1
+        if len(self.examples) < SKIPPED_EXAMPLES:
+            shown = _show(value) if value is not None else f"<over {MESSAGE_LIMIT >> 20} MB>"
+            self.examples.append(f"{_show(key)} = {shown}")
+
+    def report(self) -> None:
+        """The end of an update: log what it skipped now, or later if a line was just logged."""
+        if not self.count or self._later is not None:
+            return
+        wait = self.quiet_until - time.monotonic()
+        if wait > 0:
+            self._later = asyncio.get_running_loop().call_later(wait, self.flush)
+        else:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        if not self.count:
+            return
+        hidden = self.count - len(self.examples)
+        more = f" and {hidden} more" if hidden else ""
+        log.warning(
+            "%s: skipped %s not host:port: %s%s", self.target,
+            "1 key whose value is" if self.count == 1 else f"{self.count} keys whose values are",
+            ", ".join(self.examples), more,
+        )  # fmt: skip
+        self.count, self.examples = 0, []
+        self.quiet_until = time.monotonic() + SKIPPED_LOG_INTERVAL
+
+
+def _show(data: bytes, size: int = 60) -> str:
+    text = data[:size].decode(errors="replace")
+    return repr(text + "..." if len(data) > size else text)
 
 
 class PrefixCache:
@@ -40,8 +101,11 @@ class PrefixCache:
         self.target = target
         self.revision = 0
         self.cluster_id: int | None = None
+        self.skipped = SkippedKeys(target)
         self._by_key: dict[bytes, Endpoint] = {}
-        self._warned: dict[bytes, bytes] = {}
+        # key -> hash of the bad value already counted, so that a value is skipped in silence
+        # once reported, until it changes (a hash: the values themselves may be large)
+        self._warned: dict[bytes, int] = {}
 
     def load(self, snapshot: Any) -> bool:
         """Replace everything with a fresh read; True when etcd itself was replaced (a new
@@ -54,6 +118,11 @@ class PrefixCache:
         self._by_key.clear()
         for kv in snapshot.kvs:
             self._put(kv.key, kv.value)
+        for key in snapshot.too_large:
+            self._skip(key, None)
+        gone = self._warned.keys() - {kv.key for kv in snapshot.kvs} - set(snapshot.too_large)
+        for key in gone:  # deleted while no watch ran: reported again if it comes back bad
+            del self._warned[key]
         return replaced
 
     def apply(self, response: Any) -> None:
@@ -69,14 +138,17 @@ class PrefixCache:
     def _put(self, key: bytes, value: bytes) -> None:
         try:
             self._by_key[key] = Endpoint.parse(value.decode())
+            self._warned.pop(key, None)
         except (ValueError, UnicodeDecodeError):
-            self._by_key.pop(key, None)
-            if self._warned.get(key) != value:
-                self._warned[key] = value
-                log.warning(
-                    "%s: skipping key %r: its value %r is not host:port",
-                    self.target, key.decode(errors="replace"), value[:100],
-                )  # fmt: skip
+            self._skip(key, value)
+
+    def _skip(self, key: bytes, value: bytes | None) -> None:
+        """``value`` None: too large to read."""
+        self._by_key.pop(key, None)
+        mark = _TOO_LARGE if value is None else hash(value)
+        if self._warned.get(key) != mark:
+            self._warned[key] = mark
+            self.skipped.add(key, value)
 
     def endpoints(self) -> frozenset[Endpoint]:
         return frozenset(self._by_key.values())
@@ -116,6 +188,7 @@ class _Follower:
         finally:
             if self.release_hold is not None:
                 self.release_hold.cancel()
+            self.cache.skipped.flush()
 
     async def _read_and_watch(self, etcd: Any) -> None:
         prefix = self.resolver._prefix
@@ -123,13 +196,19 @@ class _Follower:
             try:
                 if self.cache.load(await etcd.get_prefix(prefix)):
                     self._etcd_was_replaced(etcd.endpoint)
+                self.cache.skipped.report()
                 self.publish()
-                async for response in etcd.watch(prefix, self.cache.revision + 1):
-                    self.backoff.reset()
-                    self.failing = None
-                    self.cache.apply(response)
-                    self.publish()
-            except Compacted as error:
+                # closed on the way out whatever happens, so that its stream ends with it
+                watch = etcd.watch(prefix, self.cache.revision + 1)
+                async with contextlib.aclosing(watch) as responses:
+                    async for response in responses:
+                        self.backoff.reset()
+                        if self.failing is not None:
+                            self._recovered(etcd.endpoint)
+                        self.cache.apply(response)
+                        self.cache.skipped.report()
+                        self.publish()
+            except (Compacted, TooLarge) as error:
                 log.info("%s: %s; reading again", self.resolver.target, error)
             except Exception as error:  # any failure is transient: only a cancel ends the loop
                 self._report(error)
@@ -147,6 +226,14 @@ class _Follower:
                         exc_info=error)  # fmt: skip
         self.listener.error(f"{self.resolver.target}: {describe(error)}")
 
+    def _recovered(self, endpoint: str) -> None:
+        """The end of trouble told to the listener: one line, and the current set again (a
+        listener keeps the last error until it is told a set)."""
+        self.failing = None
+        log.info("%s: etcd at %s answers again; following %d endpoints",
+                 self.resolver.target, endpoint, len(self.cache.endpoints()))  # fmt: skip
+        self.publish(again=True)
+
     def _etcd_was_replaced(self, endpoint: str) -> None:
         if self.published and not self.cache.endpoints():
             log.warning(
@@ -159,11 +246,11 @@ class _Follower:
                 REREGISTRATION_WINDOW, self.publish
             )
 
-    def publish(self) -> None:
+    def publish(self, again: bool = False) -> None:
         endpoints = self.cache.endpoints()
         if not endpoints and self.published and time.monotonic() < self.hold_until:
             return
         self.hold_until = 0.0
-        if endpoints != self.published:
+        if again or endpoints != self.published:
             self.published = endpoints
             self.listener.update(endpoints)
