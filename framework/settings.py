@@ -37,11 +37,16 @@ CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
 """A list written in the environment as ``a,b,c``."""
 
 
+def _not_blank(value: str | None, remedy: str) -> str | None:
+    """A security setting set but empty is never "off": ValueError saying what to do."""
+    if value is not None and not value.strip():
+        raise ValueError(f"set but empty: {remedy}")
+    return value
+
+
 def _existing_file(path: str | None) -> str | None:
-    if path is None:
+    if _not_blank(path, "give the path of a PEM file, or unset the variable") is None:
         return None
-    if not path.strip():  # set but empty is never "off": TLS must not quietly go away
-        raise ValueError("set but empty: give the path of a PEM file, or unset the variable")
     if Path(path).is_dir():
         raise ValueError("a directory, not a file")
     if not Path(path).is_file():
@@ -163,12 +168,8 @@ class EtcdSettings(_GzSettings):
     @field_validator("etcd_username")
     @classmethod
     def _username_not_blank(cls, username: str | None) -> str | None:
-        if username is not None and not username.strip():
-            raise ValueError(
-                "set but empty: give the etcd user, or unset GZ_ETCD_USERNAME and "
-                "GZ_ETCD_PASSWORD to connect without authentication"
-            )
-        return username
+        remedy = "give the etcd user, or unset GZ_ETCD_USERNAME and GZ_ETCD_PASSWORD"
+        return _not_blank(username, f"{remedy} to connect without authentication")
 
     @field_validator("etcd_password")
     @classmethod
@@ -351,11 +352,7 @@ class ClientSettings(EtcdSettings, MiddlewareSettings):
     @field_validator("tls_server_name")
     @classmethod
     def _server_name_not_blank(cls, name: str | None) -> str | None:
-        if name is not None and not name.strip():
-            raise ValueError(
-                "set but empty: give the name servers' certificates carry, or unset it"
-            )
-        return name
+        return _not_blank(name, "give the name servers' certificates carry, or unset it")
 
     @field_validator("timeout")
     @classmethod

@@ -264,6 +264,7 @@ class EtcdConnection:
         start, revision, limit = prefix, 0, PAGE_SIZE
         snapshot: Snapshot | None = None
         while True:
+            too_large = False
             try:
                 page = await self.run(operation, self._range(start, end, revision, limit))
             except grpc.aio.AioRpcError as error:
@@ -275,12 +276,12 @@ class EtcdConnection:
                     limit = max(1, limit // 4)
                     continue
                 page = await self.run(operation, self._range(start, end, revision, 1, True))
-                if snapshot is None:
-                    snapshot, revision = Snapshot(page.header, []), page.header.revision
+                too_large = True
+            if snapshot is None:
+                snapshot, revision = Snapshot(page.header, []), page.header.revision
+            if too_large:
                 snapshot.too_large.extend(kv.key for kv in page.kvs)
             else:
-                if snapshot is None:
-                    snapshot, revision = Snapshot(page.header, []), page.header.revision
                 snapshot.kvs.extend(page.kvs)
                 limit = min(PAGE_SIZE, limit * 2)
             if not page.more or not page.kvs:
