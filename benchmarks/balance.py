@@ -14,7 +14,7 @@ from collections import Counter
 
 import grpc
 
-import framework
+import gz
 from examples.greeter import greeter_pb2_grpc
 
 from .envoy import Envoy
@@ -53,7 +53,7 @@ async def compare_balancers(
     runs = {}
     for case, replicas in cases.items():
         for balancer in balancers:
-            channel = framework.connect("direct:///" + ",".join(replicas), balancer=balancer)
+            channel = gz.connect("direct:///" + ",".join(replicas), balancer=balancer)
             await shares_round(channel, 200, Counter(), Samples())  # connect every replica
             runs[case, balancer] = (channel, Counter[str](), Samples())
     for index in range(rounds):
@@ -74,7 +74,7 @@ async def plain_service(replicas: list[str], children: Children, calls: int) -> 
     children.add(envoy.stop)
     envoy.start()
     served, samples = Counter[str](), Samples()
-    async with framework.connect(f"direct:///{envoy.address}") as channel:
+    async with gz.connect(f"direct:///{envoy.address}") as channel:
         await shares_round(channel, calls, served, samples)
     label = {"case": "L4 Service, 1 connection", "balancer": "(one address)"}
     return share_row(label, replicas, served, samples)

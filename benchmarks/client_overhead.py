@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import grpc
 
-import framework
+import gz
 
 from .features import PassThrough, settings_without_middleware, takes_hot_path
 from .harness import Children, goal, matrix, serving
@@ -27,12 +27,12 @@ async def clients(address: str, result: Result) -> dict[str, grpc.aio.Channel]:
         "raw": grpc.aio.insecure_channel(address),
         # A second raw channel on a connection of its own: its ratio to raw is the noise floor.
         "raw A/A": grpc.aio.insecure_channel(address, [("grpc.use_local_subchannel_pool", 1)]),
-        "gz": framework.connect(target, balancer="round_robin", settings=bare),
-        "gz p2c": framework.connect(target, balancer="p2c_ewma", settings=bare),
+        "gz": gz.connect(target, balancer="round_robin", settings=bare),
+        "gz p2c": gz.connect(target, balancer="p2c_ewma", settings=bare),
         # What users get: p2c_ewma, retries, metrics, call log and deadline.
-        "gz+defaults": framework.connect(target),
+        "gz+defaults": gz.connect(target),
         # One pass-through middleware of the user's: what the full chain costs (for contrast).
-        "gz+chain": framework.connect(target, settings=bare, middleware=[PassThrough()]),
+        "gz+chain": gz.connect(target, settings=bare, middleware=[PassThrough()]),
     }
     for name in ("gz", "gz p2c", "gz+defaults"):
         if not await takes_hot_path(channels[name]):

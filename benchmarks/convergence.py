@@ -26,9 +26,9 @@ from pathlib import Path
 
 import grpc
 
-import framework
+import gz
 from examples.greeter import greeter_pb2_grpc
-from framework.discovery.dns import DnsResolver
+from gz.discovery.dns import DnsResolver
 from tests.etcd_server import EtcdServer
 from tests.kube_api import KubeApiServer, endpoint_slice
 
@@ -87,7 +87,7 @@ def after_kill(load: SteadyLoad, killed_at: float, suffix: str) -> Row:
 
 
 async def measure(
-    backend: str, target: Callable[[], str | framework.Resolver], register: Register,
+    backend: str, target: Callable[[], str | gz.Resolver], register: Register,
     replicas: list[str], kill: Callable[[], None], window: float,
 ) -> Row:  # fmt: skip
     """Convergence with connect()'s defaults; after the kill, also a client with retries off
@@ -98,7 +98,7 @@ async def measure(
     async with contextlib.AsyncExitStack() as stack:
         loads = {
             suffix: SteadyLoad(await stack.enter_async_context(
-                framework.connect(target(), settings=settings)))
+                gz.connect(target(), settings=settings)))
             for suffix, settings in clients.items() if settings is not None or not suffix
         }  # fmt: skip
         load = loads[""]

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from framework.netaddr import parse_host_port
+from gz.netaddr import parse_host_port
 from tests.support import free_port
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."

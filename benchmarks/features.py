@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import grpc
 
-import framework
-from framework.balancing.calls import ChainedCall
+import gz
+from gz.balancing.calls import ChainedCall
 
 from .harness import unary
 
@@ -18,23 +18,23 @@ SERVER_MIDDLEWARE_OFF = {f"GZ_{name}": "false" for name in
                          ("TRACING", "METRICS", "CALL_LOG", "DEADLINE", "RECOVERY")}  # fmt: skip
 
 
-def client_settings(**wanted: object) -> framework.ClientSettings | None:
+def client_settings(**wanted: object) -> gz.ClientSettings | None:
     """Client settings from the environment with ``wanted`` on top of it; None when the
     framework has none of the wanted fields (the feature is not there yet)."""
-    fields = framework.ClientSettings.model_fields
+    fields = gz.ClientSettings.model_fields
     known = {name: value for name, value in wanted.items() if name in fields}
-    return framework.ClientSettings.from_env(**known) if known or not wanted else None
+    return gz.ClientSettings.from_env(**known) if known or not wanted else None
 
 
-def settings_without_middleware() -> framework.ClientSettings:
+def settings_without_middleware() -> gz.ClientSettings:
     """Client settings with every default middleware the framework knows switched off."""
-    return client_settings(**MIDDLEWARE_OFF) or framework.ClientSettings.from_env()
+    return client_settings(**MIDDLEWARE_OFF) or gz.ClientSettings.from_env()
 
 
 def balancer_missing(name: str) -> str | None:
     """None when ``connect(balancer=name)`` works, else why it does not."""
     try:
-        framework.connect("direct:///127.0.0.1:1", balancer=name)
+        gz.connect("direct:///127.0.0.1:1", balancer=name)
     except ValueError as error:
         return f"{name}: not available ({error})"
     return None
@@ -51,7 +51,7 @@ async def takes_hot_path(channel: grpc.aio.Channel) -> bool:
     return not isinstance(call, ChainedCall)
 
 
-class PassThrough(framework.Middleware):
+class PassThrough(gz.Middleware):
     """A middleware that does nothing but override both hooks: the cost of the chain itself."""
 
     async def unary(self, ctx, request, call_next):

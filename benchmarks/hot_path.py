@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import framework
+import gz
 
 from .features import settings_without_middleware
 from .harness import Children, Samples, load_round, serving, unary
@@ -23,7 +23,7 @@ async def profile(calls: int, concurrency: int, bare: bool, html: str | None) ->
     with Children() as children:
         (address,) = await serving(children.server("raw"))
         settings = settings_without_middleware() if bare else None
-        async with framework.connect(f"direct:///{address}", settings=settings) as channel:
+        async with gz.connect(f"direct:///{address}", settings=settings) as channel:
             call = unary(channel)
             await load_round(call, 500, 8, Samples())  # connect and warm up, not profiled
             profiler = Profiler(interval=0.0002, async_mode="enabled")

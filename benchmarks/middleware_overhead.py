@@ -18,7 +18,7 @@ import time
 
 import grpc
 
-import framework
+import gz
 from tests.support import DEFAULT_MIDDLEWARE_OFF
 
 from .features import SERVER_MIDDLEWARE_OFF
@@ -60,9 +60,9 @@ async def client_side(rounds: int, calls: int, concurrency: int) -> dict:
         (address,) = await serving(children.server("raw"))
         channels = {
             "raw": grpc.aio.insecure_channel(address),
-            "gz defaults": framework.connect(f"direct:///{address}"),
-            "gz defaults off": framework.connect(
-                f"direct:///{address}", settings=framework.ClientSettings(**DEFAULT_MIDDLEWARE_OFF)
+            "gz defaults": gz.connect(f"direct:///{address}"),
+            "gz defaults off": gz.connect(
+                f"direct:///{address}", settings=gz.ClientSettings(**DEFAULT_MIDDLEWARE_OFF)
             ),
         }
         return await measure(channels, rounds, calls, concurrency)
@@ -110,22 +110,22 @@ async def chain_cost(calls: int = 50_000) -> dict[str, float]:
     the middleware alone, without grpc, so the figure does not depend on machine load."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from framework.middleware import CallContext, Kind, Method, compose
-    from framework.middleware.defaults import client_middleware, server_middleware
-    from framework.middleware.handlers import wrap_method_handler
+    from gz.middleware import CallContext, Kind, Method, compose
+    from gz.middleware.defaults import client_middleware, server_middleware
+    from gz.middleware.handlers import wrap_method_handler
 
     name = "/greeter.v1.Greeter/SayHello"
     with ThreadPoolExecutor(1) as executor:
         server = wrap_method_handler(
             name, grpc.unary_unary_rpc_method_handler(_echo),
-            server_middleware(framework.ServerSettings()), executor,
+            server_middleware(gz.ServerSettings()), executor,
         ).unary_unary  # fmt: skip
     method = Method(name, Kind.UNARY_UNARY, "client")
 
     async def endpoint(ctx: CallContext, request: object) -> object:
         return request
 
-    client = compose(client_middleware(framework.ClientSettings()), method, endpoint)
+    client = compose(client_middleware(gz.ClientSettings()), method, endpoint)
     context = _FakeServicerContext()
     runs = {
         "none": lambda: _echo(1, context),

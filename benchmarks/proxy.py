@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import grpc
 
-import framework
+import gz
 
 from .envoy import Envoy
 from .harness import Children, matrix, serving
@@ -25,7 +25,7 @@ async def run(quick: bool) -> Result:
         children.add(envoy.stop)
         envoy.start()
         through_envoy = grpc.aio.insecure_channel(envoy.address)
-        balanced = framework.connect("direct:///" + ",".join(replicas))
+        balanced = gz.connect("direct:///" + ",".join(replicas))
         targets = {"envoy": (through_envoy, envoy.pid), "gz": (balanced, None)}
         try:
             rows = await matrix(targets, "envoy", quick, other="proxy")

@@ -17,9 +17,9 @@ import time
 
 import grpc
 
-import framework
-from framework.balancing import PICKERS, Subchannel
-from framework.discovery import Endpoint
+import gz
+from gz.balancing import PICKERS, Subchannel
+from gz.discovery import Endpoint
 from tests.support import free_port
 
 from .harness import Children, serving
@@ -76,8 +76,8 @@ async def until_connected(count: int, baseline: int) -> float:
 
 
 async def balanced_figures(addresses: list[str], changes: int) -> Row:
-    resolver = framework.ManualResolver([])
-    channel = framework.connect(resolver)
+    resolver = gz.ManualResolver([])
+    channel = gz.connect(resolver)
     await channel.__aenter__()
     await asyncio.sleep(0.1)  # the resolver's watch has started and pushed the empty set
     baseline, memory = open_sockets(), rss_bytes()

@@ -1,4 +1,4 @@
-"""7. Start-up: ``import framework`` time, and exec to SERVING for a gz and a raw server.
+"""7. Start-up: ``import gz`` time, and exec to SERVING for a gz and a raw server.
 
 Each figure is the median of fresh processes, alternating gz and raw; ``import grpc`` is the
 floor any grpc program pays.
@@ -35,7 +35,7 @@ async def exec_to_serving(kind: str) -> float:
 async def run(quick: bool) -> Result:
     result = Result("startup", "7. start-up")
     repeats = 2 if quick else 5
-    imports: dict[str, list[float]] = {"framework": [], "grpc": []}
+    imports: dict[str, list[float]] = {"gz": [], "grpc": []}
     serving: dict[str, list[float]] = {"gz": [], "raw": []}
     for _ in range(repeats):
         for module, samples in imports.items():
@@ -43,8 +43,8 @@ async def run(quick: bool) -> Result:
         for kind, samples in serving.items():
             samples.append(await exec_to_serving(kind))
     rows = result.table(f"median of {repeats} fresh processes").rows
-    rows.append({"what": "import framework vs import grpc",
-                 "gz_ms": statistics.median(imports["framework"]) * 1000,
+    rows.append({"what": "import gz vs import grpc",
+                 "gz_ms": statistics.median(imports["gz"]) * 1000,
                  "raw_ms": statistics.median(imports["grpc"]) * 1000})  # fmt: skip
     rows.append({"what": "exec to SERVING, greeter",
                  "gz_ms": statistics.median(serving["gz"]) * 1000,

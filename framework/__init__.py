@@ -11,6 +11,15 @@ from .middleware.retry import Retry, RetryPolicy, idempotent
 from .service import Service, run
 from .settings import ClientSettings, ServerSettings, SettingsError
 
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":  # read on demand: importlib.metadata costs start-up time
+        from importlib.metadata import version
+
+        return version("gz")
+    raise AttributeError(f"module 'gz' has no attribute {name!r}")
+
+
 __all__ = [
     "BalancedChannel",
     "CallContext",

@@ -27,7 +27,7 @@ class NoRegistration:
         return None
 
 
-_REGISTRIES = {"etcd": "framework.discovery.etcd"}
+_REGISTRIES = {"etcd": "gz.discovery.etcd"}
 
 
 def registration_for(settings: ServerSettings, service_name: str) -> Registration:

@@ -107,7 +107,7 @@ class Server:
             name = type(self.service).__name__
             raise TypeError(
                 f"{name} has no generated servicer base class: declare it as "
-                f"class {name}(framework.Service, your_pb2_grpc.YourServicer)"
+                f"class {name}(gz.Service, your_pb2_grpc.YourServicer)"
             )
         return recorder.service_names
 

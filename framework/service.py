@@ -16,7 +16,7 @@ from .settings import ServerSettings, SettingsError
 class Service:
     """A gRPC service that bootstraps itself::
 
-        class Greeter(framework.Service, greeter_pb2_grpc.GreeterServicer):
+        class Greeter(gz.Service, greeter_pb2_grpc.GreeterServicer):
             async def SayHello(self, request, context):
                 return greeter_pb2.HelloReply(message=f"Hello, {request.name}!")
 

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-import framework
+import gz
 
 from .errors import BadInput, Failed
 from .reflection import FoundMethod, Reflection, stream_of
@@ -41,16 +41,16 @@ def to_json(message: Any) -> str:
 
 
 async def call(
-    target: str | framework.Resolver,
+    target: str | gz.Resolver,
     method_name: str,
     request_json: str,
     timeout: float,
     metadata: list[tuple[str, str]],
     emit: Callable[[str], None],
-    settings: framework.ClientSettings | None = None,
+    settings: gz.ClientSettings | None = None,
 ) -> None:
     """Call METHOD on TARGET and emit each reply as a JSON line."""
-    async with framework.connect(target, timeout=timeout, settings=settings) as channel:
+    async with gz.connect(target, timeout=timeout, settings=settings) as channel:
         method = await Reflection(channel, timeout).method(method_name)
         requests = parse_requests(request_json, method)
         try:

@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-import framework
-from framework.discovery import Endpoint
-from framework.durations import parse_duration
+import gz
+from gz.discovery import Endpoint
+from gz.durations import parse_duration
 
 from . import call as calling
 from . import endpoints, gen, health, kube
@@ -71,6 +71,7 @@ class OneLineErrors(click.Group):
 
 
 @click.group(name="gz", cls=OneLineErrors, context_settings=CONTEXT)
+@click.version_option(package_name="gz", prog_name="gz", message="%(prog)s %(version)s")
 def main() -> None:
     """gz: gRPC services that bootstrap themselves, clients that balance over live endpoints.
 
@@ -153,7 +154,7 @@ def gen_command(protos: tuple[Path, ...]) -> None:
 @click.argument("service", metavar="[MODULE:CLASS]", required=False)
 @click.option("--reload", is_flag=True, help="Restart when a .py or .proto file changes.")
 def run(service: str | None, reload: bool) -> None:
-    """Run a service: a framework.Service subclass as MODULE:CLASS.
+    """Run a service: a gz.Service subclass as MODULE:CLASS.
 
     Example: gz run examples.greeter.server:Greeter. Without MODULE:CLASS, the [tool.gz]
     service of the project's pyproject.toml. Settings come from GZ_* environment variables;
@@ -170,10 +171,10 @@ def run(service: str | None, reload: bool) -> None:
         from .reload import run_with_reload
 
         sys.exit(run_with_reload(service, root))
-    sys.exit(framework.run(service_class))
+    sys.exit(gz.run(service_class))
 
 
-def load_service(spec: str, root: Path) -> type[framework.Service]:
+def load_service(spec: str, root: Path) -> type[gz.Service]:
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise BadInput(f"{spec!r} is not MODULE:CLASS, e.g. myservice.server:MyService")
@@ -184,8 +185,8 @@ def load_service(spec: str, root: Path) -> type[framework.Service]:
     except ImportError as error:
         raise BadInput(f"cannot import {module_name!r}: {error}") from None
     service = getattr(module, class_name, None)
-    if not (isinstance(service, type) and issubclass(service, framework.Service)):
-        raise BadInput(f"{spec!r} is not a framework.Service subclass")
+    if not (isinstance(service, type) and issubclass(service, gz.Service)):
+        raise BadInput(f"{spec!r} is not a gz.Service subclass")
     return service
 
 

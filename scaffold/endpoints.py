@@ -5,23 +5,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import framework
-from framework.discovery import Endpoint, Listener, build_resolver
+import gz
+from gz.discovery import Endpoint, Listener, build_resolver
 
 from .errors import BadInput, Failed
 
 
-def client_settings() -> framework.ClientSettings:
+def client_settings() -> gz.ClientSettings:
     """The GZ_* client settings; BadInput naming the variable when one is bad."""
     try:
-        return framework.ClientSettings.from_env()
-    except framework.SettingsError as error:
+        return gz.ClientSettings.from_env()
+    except gz.SettingsError as error:
         raise BadInput(str(error)) from None
 
 
 def resolver_for(
-    target: str, settings: framework.ClientSettings | None = None
-) -> framework.Resolver:
+    target: str, settings: gz.ClientSettings | None = None
+) -> gz.Resolver:
     try:
         return build_resolver(target, settings)
     except ValueError as error:
@@ -48,7 +48,7 @@ class _Collector(Listener):
         self.changed.set()
 
 
-async def first_set(resolver: framework.Resolver, timeout: float) -> frozenset[Endpoint]:
+async def first_set(resolver: gz.Resolver, timeout: float) -> frozenset[Endpoint]:
     """The first endpoint set; Failed if resolution fails first or nothing comes in time."""
     collector = _Collector(lambda endpoints: None, lambda message: None)
     watching = asyncio.ensure_future(resolver.watch(collector))
@@ -64,7 +64,7 @@ async def first_set(resolver: framework.Resolver, timeout: float) -> frozenset[E
 
 
 async def watch(
-    resolver: framework.Resolver,
+    resolver: gz.Resolver,
     on_update: Callable[[frozenset[Endpoint]], None],
     on_error: Callable[[str], None],
 ) -> None:

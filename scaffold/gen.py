@@ -16,7 +16,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from framework.stderr import held_stderr
+from gz.stderr import held_stderr
 
 from .errors import BadInput
 

@@ -7,9 +7,9 @@ import asyncio
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from framework import ClientSettings
-from framework.discovery import Endpoint
-from framework.tls import endpoint_channel
+from gz import ClientSettings
+from gz.discovery import Endpoint
+from gz.tls import endpoint_channel
 
 STATUS_NAMES = health_pb2.HealthCheckResponse.ServingStatus.Name
 

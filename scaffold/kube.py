@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from framework.discovery import target_variable
-from framework.durations import format_duration
+from gz.discovery import target_variable
+from gz.durations import format_duration
 
 from . import envoy
 from .errors import BadInput
@@ -366,7 +366,7 @@ def _envoy_sidecar_mode(spec: KubeSpec) -> list[Manifest]:
     pod = app_pod(spec, [container], init_containers=[sidecar], volumes=[volume])
     note = (
         f"{client} calls {spec.name} through the Envoy beside it: {variable}={target}, so\n"
-        f"framework.connect({spec.name!r}) goes to the sidecar. {client} is assumed to be a gz\n"
+        f"gz.connect({spec.name!r}) goes to the sidecar. {client} is assumed to be a gz\n"
         f"service itself (gRPC probes on {spec.port}); drop the probes if it serves nothing."
     )
     return [

@@ -15,7 +15,7 @@ _KUBE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035 label: what
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _NAMESPACE = re.compile(rf"^{_LABEL}$")
 _SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
-_TAKEN = {"grpc", "google", "framework", "scaffold", "tests", "test"}
+_TAKEN = {"grpc", "google", "gz", "tests", "test"}
 
 
 def service_name(name: str) -> str:

@@ -48,7 +48,7 @@ def run_with_reload(spec: str, root: Path) -> int:
     """Serve ``spec`` until interrupted, restarting on every change under ``root``."""
     # a development loop should restart at once, not drain for the production default
     env = {"GZ_SHUTDOWN_DRAIN": "0", **os.environ}
-    command = [sys.executable, "-m", "scaffold.cli", "run", spec]
+    command = [sys.executable, "-m", "gz.scaffold.cli", "run", spec]
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # -> finally: stop the child
     child: subprocess.Popen[bytes] | None = None
     try:

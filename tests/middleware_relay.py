@@ -14,7 +14,7 @@ import os
 
 import grpc
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
 
@@ -22,14 +22,14 @@ SECRET = "secret detail 42"
 
 
 class Relay(Greeter):
-    def __init__(self, settings: framework.ServerSettings | None = None) -> None:
+    def __init__(self, settings: gz.ServerSettings | None = None) -> None:
         super().__init__(settings)
-        self.next: framework.BalancedChannel | None = None
+        self.next: gz.BalancedChannel | None = None
         self.seen: set[str] = set()
 
     async def on_start(self) -> None:
         if os.environ.get("GZ_TARGET_NEXT"):
-            self.next = framework.connect("next")
+            self.next = gz.connect("next")
 
     async def SayHello(self, request, context):
         if self.next is not None:

@@ -24,10 +24,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
-from framework.discovery import Endpoint
+from gz.discovery import Endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,14 +67,14 @@ def free_port() -> int:
 def gz_command(*args: str) -> list[str]:
     """The gz command as a process of its own: for a test whose event loop must keep running
     (gz runs its own), or that reads ``--watch`` output as it comes."""
-    return [sys.executable, "-m", "scaffold.cli", *args]
+    return [sys.executable, "-m", "gz.scaffold.cli", *args]
 
 
-def gz(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+def run_gz(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
     """Run the gz command in this process: (exit code, stdout, stderr)."""
     from click.testing import CliRunner  # only the CLI tests need click and scaffold
 
-    from scaffold.cli import main as gz_main
+    from gz.scaffold.cli import main as gz_main
 
     result = CliRunner().invoke(gz_main, list(args), input=stdin)
     return result.exit_code, result.stdout, result.stderr
@@ -84,7 +84,7 @@ async def start_greeter(service_class: type[Greeter] = Greeter, **settings: obje
     """A Greeter (or subclass) served in this process on a free loopback port (stop with
     .server.stop())."""
     values = {"listen": "127.0.0.1:0", "shutdown_drain": 0, "shutdown_grace": 1, **settings}
-    service = service_class(framework.ServerSettings(**values))
+    service = service_class(gz.ServerSettings(**values))
     await service.server.start()
     return service
 
@@ -113,9 +113,9 @@ def direct(servers: Iterable[Any]) -> str:
 DEFAULT_MIDDLEWARE_OFF = {"tracing": False, "metrics": False, "call_log": False, "deadline": False}
 
 
-def hot_path_settings(**values: object) -> framework.ClientSettings:
+def hot_path_settings(**values: object) -> gz.ClientSettings:
     """Client settings with gz's default middleware off, so calls take the channel's hot path."""
-    return framework.ClientSettings.from_env(**DEFAULT_MIDDLEWARE_OFF, **values)
+    return gz.ClientSettings.from_env(**DEFAULT_MIDDLEWARE_OFF, **values)
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -176,7 +176,7 @@ async def wait_until(
     return time.monotonic() - started
 
 
-async def all_ready(channel: framework.BalancedChannel, count: int) -> None:
+async def all_ready(channel: gz.BalancedChannel, count: int) -> None:
     """Until ``count`` of the channel's subchannels are READY (picks then reach all of them)."""
     await channel.channel_ready()
 
@@ -191,7 +191,7 @@ async def all_ready(channel: framework.BalancedChannel, count: int) -> None:
         raise AssertionError(f"{error}: {states}") from None
 
 
-async def wait_not_serving(channel: framework.BalancedChannel, address: str) -> None:
+async def wait_not_serving(channel: gz.BalancedChannel, address: str) -> None:
     """Until the channel's health watch has seen ``address`` say NOT_SERVING."""
 
     def seen() -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 
 from .support import (
@@ -87,7 +87,7 @@ async def test_p2c_ewma_sends_a_slow_replica_fewer_calls_and_round_robin_does_no
     slow = (await start_replicas(server_process, 1, REPLICA_DELAY="0.02"))[0]
     table = {}
     for balancer in ("p2c_ewma", "round_robin"):
-        async with framework.connect(
+        async with gz.connect(
             direct([*normal, slow]), balancer=balancer, settings=hot_path_settings()
         ) as channel:
             await all_ready(channel, 4)
@@ -112,7 +112,7 @@ async def test_equal_replicas_get_equal_shares_under_p2c_ewma(server_process):
     sqrt(.25 * .75 / 4000) = 0.7 points, so 5 points is 7 standard deviations of chance; what is
     left to test is p2c's own bias, which more calls would not reduce."""
     replicas = await start_replicas(server_process, 4, REPLICA_DELAY="0.01")
-    async with framework.connect(direct(replicas), settings=hot_path_settings()) as channel:
+    async with gz.connect(direct(replicas), settings=hot_path_settings()) as channel:
         await all_ready(channel, 4)
         await shares(channel, 400, 32)  # warm up: every latency average has samples
         served = await shares(channel, 4_000, 32)
@@ -124,7 +124,7 @@ async def test_equal_replicas_get_equal_shares_under_p2c_ewma(server_process):
 async def test_sigkill_under_load_fails_no_idempotent_call(server_process):
     replicas = await start_replicas(server_process, 3)
     settings = hot_path_settings(idempotent_methods=[SAY_HELLO])
-    async with framework.connect(direct(replicas), settings=settings) as channel:
+    async with gz.connect(direct(replicas), settings=settings) as channel:
         await all_ready(channel, 3)
         stub = greeter_pb2_grpc.GreeterStub(channel)
         request = greeter_pb2.HelloRequest(name="kill", delay_seconds=0.01)
@@ -143,7 +143,7 @@ async def test_a_replica_that_never_answers_is_ejected_and_calls_keep_their_dead
 ):
     replicas = await start_replicas(server_process, 3)
     deadline = 0.5
-    async with framework.connect(direct(replicas), settings=hot_path_settings()) as channel:
+    async with gz.connect(direct(replicas), settings=hot_path_settings()) as channel:
         await all_ready(channel, 3)
         stub = greeter_pb2_grpc.GreeterStub(channel)
         request = greeter_pb2.HelloRequest(name="blackhole")
@@ -159,7 +159,7 @@ async def test_a_replica_that_never_answers_is_ejected_and_calls_keep_their_dead
         # SIGSTOP: the kernel still accepts connections and the old one looks healthy, but
         # nothing answers, like a replica frozen by a stuck process or a paused VM.
         replicas[0].signal(signal.SIGSTOP)
-        stuck = channel._pool.subchannels[framework.Endpoint.parse(replicas[0].address)]
+        stuck = channel._pool.subchannels[gz.Endpoint.parse(replicas[0].address)]
         load = Load(timed_call, workers=16)
         took = await wait_until(lambda: stuck.outcomes.is_ejected(), 15, "ejected")
         await load.stop()
@@ -176,16 +176,16 @@ async def test_a_rolling_restart_under_load_fails_no_call(server_process):
     env = {"GZ_SHUTDOWN_DRAIN": "0.3", "GZ_SHUTDOWN_GRACE": "5"}
     started = await start_replicas(server_process, 6, **env)  # the successors start early
     replicas, successors = started[:3], started[3:]
-    resolver = framework.ManualResolver([p.address for p in replicas], target="rolling")
+    resolver = gz.ManualResolver([p.address for p in replicas], target="rolling")
     attempts: Counter[int] = Counter()
 
-    class CountAttempts(framework.Middleware):
+    class CountAttempts(gz.Middleware):
         async def unary(self, ctx, request, call_next):
             attempts[ctx.state.get("attempt")] += 1
             return await call_next(ctx, request)
 
     settings = hot_path_settings()
-    async with framework.connect(
+    async with gz.connect(
         resolver, middleware=[CountAttempts()], settings=settings
     ) as channel:
         await all_ready(channel, 3)
@@ -242,10 +242,10 @@ async def test_the_retry_budget_holds_when_every_replica_fails(server_process):
     """The default policy: with every replica failing, the retries of all calls stay within 20%
     of them (or the reserve of 10, were that more), where 3 attempts each would triple the load."""
     replicas = await start_replicas(server_process, 3, REPLICA_FAIL="UNAVAILABLE")
-    policy = framework.RetryPolicy()
+    policy = gz.RetryPolicy()
     window, reserve = policy.budget_window, policy.budget_min_per_second * policy.budget_window
     calls = 300
-    async with framework.connect(direct(replicas), settings=hot_path_settings()) as channel:
+    async with gz.connect(direct(replicas), settings=hot_path_settings()) as channel:
         assert channel.retry is not None and channel.retry.policy == policy
         await all_ready(channel, 3)
         started = time.monotonic()
@@ -273,8 +273,8 @@ async def test_a_subchannel_in_transient_failure_is_never_picked(serve_greeter, 
     ones gets no call once its subchannel has failed to connect. p2c_ewma would favour it if it
     could (no latency yet scores best), round_robin would send it every third call."""
     live = [await serve_greeter() for _ in range(2)]
-    dead = framework.Endpoint("127.0.0.1", free_port())
-    async with framework.connect(
+    dead = gz.Endpoint("127.0.0.1", free_port())
+    async with gz.connect(
         direct([dead, *live]), balancer=balancer, retry=False, settings=hot_path_settings()
     ) as channel:
         await all_ready(channel, 2)
@@ -324,7 +324,7 @@ async def test_max_connection_age_moves_a_single_address_client_across_replicas(
     replicas = await start_replicas(server_process, 3, **env)
     balancer = await TcpBalancer([p.address for p in replicas]).start()
     try:
-        async with framework.connect(f"direct:///{balancer.address}") as channel:
+        async with gz.connect(f"direct:///{balancer.address}") as channel:
             assert len(channel.endpoints) <= 1
             served: list[str] = []
             started = time.monotonic()

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 import pytest
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
-from framework.balancing.calls import ChainedCall
-from framework.middleware import CallContext, Method
+from gz.balancing.calls import ChainedCall
+from gz.middleware import CallContext, Method
 
 from .support import all_ready, direct, say_hello, wait_not_serving
 
@@ -22,7 +22,7 @@ Request = greeter_pb2.HelloRequest
 UNKNOWN_METHOD = "/greeter.v1.Greeter/NoSuchMethod"
 
 
-class EchoMetadata(framework.Middleware):
+class EchoMetadata(gz.Middleware):
     """Server side: marks the initial metadata and sends the caller's ``x-`` metadata back as
     trailing metadata, so a test can see what the client sent."""
 
@@ -54,12 +54,12 @@ async def server(serve_greeter) -> Greeter:
 
 @pytest.fixture(params=["raw", "connect", "connect-ready"])
 async def channel(request: pytest.FixtureRequest, server: Greeter) -> AsyncIterator:
-    """The same server through a plain grpc.aio channel and through framework.connect(): fresh
+    """The same server through a plain grpc.aio channel and through gz.connect(): fresh
     (the first call waits for resolution on the chained path) or ready (the hot path)."""
     if request.param == "raw":
         made = grpc.aio.insecure_channel(server.address)
     else:
-        made = framework.connect(f"direct:///{server.address}")
+        made = gz.connect(f"direct:///{server.address}")
     async with made:
         if request.param == "connect-ready":
             await made.channel_ready()
@@ -170,7 +170,7 @@ async def test_a_cancelled_call_says_so(channel):
 
 async def test_states_from_idle_to_shutdown(server):
     for channel in (
-        framework.connect(f"direct:///{server.address}"),
+        gz.connect(f"direct:///{server.address}"),
         grpc.aio.insecure_channel(server.address),
     ):
         assert channel.get_state() == grpc.ChannelConnectivity.IDLE
@@ -186,11 +186,11 @@ async def test_states_from_idle_to_shutdown(server):
 async def test_calls_take_the_hot_path_once_resolved(server, defaults: bool):
     # The default client middleware (metrics, call log, deadline) only observes calls, so unary
     # calls keep the hot path with it too.
-    settings = framework.ClientSettings(
+    settings = gz.ClientSettings(
         tracing=defaults, metrics=defaults, call_log=defaults, deadline=defaults
     )
     target = f"direct:///{server.address}"
-    async with framework.connect(target, settings=settings, retry=False) as channel:
+    async with gz.connect(target, settings=settings, retry=False) as channel:
         first = stub(channel).SayHello(Request(name="first"))
         assert isinstance(first, ChainedCall)  # nothing resolved yet: it waits in the chain
         await first
@@ -201,7 +201,7 @@ async def test_calls_take_the_hot_path_once_resolved(server, defaults: bool):
 
 
 async def test_async_with_closes_the_channel(server):
-    async with framework.connect(f"direct:///{server.address}") as channel:
+    async with gz.connect(f"direct:///{server.address}") as channel:
         assert isinstance(channel, grpc.aio.Channel)
         await stub(channel).SayHello(Request(name="in"))
     assert channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN
@@ -210,7 +210,7 @@ async def test_async_with_closes_the_channel(server):
 async def test_stubs_made_per_call_share_one_multi_callable(server):
     """A stub per call (a common pattern) costs no per-stub setup and leaks nothing: the channel
     hands every stub the same multi-callable, which keeps one grpc callable per subchannel."""
-    async with framework.connect(f"direct:///{server.address}") as channel:
+    async with gz.connect(f"direct:///{server.address}") as channel:
         for _ in range(200):
             await stub(channel).SayHello(Request(name="again"))
         assert stub(channel).SayHello is stub(channel).SayHello
@@ -220,7 +220,7 @@ async def test_stubs_made_per_call_share_one_multi_callable(server):
 
 
 async def test_channel_ready_gives_up_when_the_channel_closes():
-    channel = framework.connect(framework.ManualResolver([], target="test:///never"))
+    channel = gz.connect(gz.ManualResolver([], target="test:///never"))
     waiting = asyncio.ensure_future(channel.channel_ready())
     await asyncio.sleep(0.1)
     await channel.close()
@@ -230,8 +230,8 @@ async def test_channel_ready_gives_up_when_the_channel_closes():
 
 # -- what only a balanced channel can do --------------------------------------------------------
 async def test_no_endpoints_fails_fast_naming_the_target():
-    resolver = framework.ManualResolver([], target="test:///nobody")
-    async with framework.connect(resolver) as channel:
+    resolver = gz.ManualResolver([], target="test:///nobody")
+    async with gz.connect(resolver) as channel:
         call = stub(channel).SayHello(Request(name="lost"), timeout=30)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call
@@ -242,7 +242,7 @@ async def test_no_endpoints_fails_fast_naming_the_target():
         assert "test:///nobody" in await call.details()
 
 
-class BrokenResolver(framework.Resolver):
+class BrokenResolver(gz.Resolver):
     """Dies before it resolves anything, the way a resolver's own bug would kill it."""
 
     def __init__(self, death: BaseException) -> None:
@@ -258,7 +258,7 @@ class BrokenResolver(framework.Resolver):
     "death", [RuntimeError("boom"), asyncio.CancelledError()], ids=["error", "stray-cancel"]
 )
 async def test_a_resolver_that_dies_fails_calls_fast_instead_of_hanging(death):
-    async with framework.connect(BrokenResolver(death)) as channel:
+    async with gz.connect(BrokenResolver(death)) as channel:
         call = stub(channel).SayHello(Request(name="orphan"), timeout=30)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await asyncio.wait_for(call, 5)
@@ -267,8 +267,8 @@ async def test_a_resolver_that_dies_fails_calls_fast_instead_of_hanging(death):
 
 
 async def test_wait_for_ready_waits_for_an_endpoint(server):
-    resolver = framework.ManualResolver([], target="test:///later")
-    async with framework.connect(resolver) as channel:
+    resolver = gz.ManualResolver([], target="test:///later")
+    async with gz.connect(resolver) as channel:
         call = stub(channel).SayHello(Request(name="patient"), timeout=30, wait_for_ready=True)
         waiting = asyncio.ensure_future(call)
         await asyncio.sleep(0.3)
@@ -280,10 +280,10 @@ async def test_wait_for_ready_waits_for_an_endpoint(server):
 @pytest.mark.parametrize("target", ["direct:///nowhere", "tcp://10.0.0.7:8080", "direct:///"])
 def test_a_malformed_target_raises_value_error(target):
     with pytest.raises(ValueError, match="expected"):
-        framework.connect(target)
+        gz.connect(target)
 
 
-class Stamp(framework.Middleware):
+class Stamp(gz.Middleware):
     """A client middleware: records the calls it sees and adds metadata to each."""
 
     def __init__(self, only: str | None = None) -> None:
@@ -309,7 +309,7 @@ class Stamp(framework.Middleware):
 
 async def test_client_middleware_sees_every_call_kind_and_adds_metadata(server):
     stamp = Stamp()
-    async with framework.connect(f"direct:///{server.address}", middleware=[stamp]) as channel:
+    async with gz.connect(f"direct:///{server.address}", middleware=[stamp]) as channel:
         greeter = stub(channel)
         call = greeter.SayHello(Request(name="u"), metadata=(("x-request-id", "7"),))
         assert (await call).served_by == server.address
@@ -343,14 +343,14 @@ async def test_client_middleware_sees_every_call_kind_and_adds_metadata(server):
 
 
 async def test_a_failed_call_through_middleware_reports_its_status(server):
-    async with framework.connect(f"direct:///{server.address}", middleware=[Stamp()]) as channel:
+    async with gz.connect(f"direct:///{server.address}", middleware=[Stamp()]) as channel:
         call = await fails_unimplemented(channel)
         assert ("x-stamp", "unary") not in as_pairs(await call.initial_metadata())
 
 
 async def test_applies_to_leaves_other_methods_alone(server):
     stamp = Stamp(only="LotsOfReplies")
-    async with framework.connect(f"direct:///{server.address}", middleware=[stamp]) as channel:
+    async with gz.connect(f"direct:///{server.address}", middleware=[stamp]) as channel:
         call = stub(channel).SayHello(Request(name="plain"))
         await call
         assert ("x-stamp", "unary") not in as_pairs(await call.trailing_metadata())
@@ -388,7 +388,7 @@ async def test_grpc_interceptors_run(server, middleware):
     methods: list[str] = []
     interceptors = [UnaryRecorder(methods), StreamRecorder(methods)]
     target = f"direct:///{server.address}"
-    async with framework.connect(
+    async with gz.connect(
         target, interceptors=interceptors, middleware=middleware
     ) as channel:
         await channel.channel_ready()
@@ -405,7 +405,7 @@ async def test_interceptors_miss_the_health_watch_which_still_works(serve_greete
     draining, other = await serve_greeter(shutdown_drain=1.0), await serve_greeter()
     methods: list[str] = []
     interceptors = [UnaryRecorder(methods), StreamRecorder(methods)]
-    async with framework.connect(direct([draining, other]), interceptors=interceptors) as channel:
+    async with gz.connect(direct([draining, other]), interceptors=interceptors) as channel:
         await all_ready(channel, 2)
         stopping = asyncio.ensure_future(draining.server.stop())
         await wait_not_serving(channel, draining.address)

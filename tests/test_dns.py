@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-import framework
-from framework.discovery import Endpoint
-from framework.discovery.dns import DnsResolver, system_lookup
+import gz
+from gz.discovery import Endpoint
+from gz.discovery.dns import DnsResolver, system_lookup
 
 from .support import (
     Recorder,
@@ -37,7 +37,7 @@ class FakeDns:
         return list(self.addresses)
 
 
-async def served_by(channel: framework.BalancedChannel, calls: int = 20) -> set[str]:
+async def served_by(channel: gz.BalancedChannel, calls: int = 20) -> set[str]:
     return {(await say_hello(channel)).served_by for _ in range(calls)}
 
 
@@ -49,7 +49,7 @@ async def test_a_new_answer_gets_traffic_within_one_refresh():
     refresh = 0.5
     resolver = DnsResolver("greeter.test", port, refresh=refresh, lookup=dns.lookup)
     try:
-        async with framework.connect(resolver, balancer="round_robin") as channel:
+        async with gz.connect(resolver, balancer="round_robin") as channel:
             assert await served_by(channel) == {first}
             dns.addresses = ["127.0.0.1", "127.0.0.2"]
 
@@ -74,7 +74,7 @@ async def test_a_failed_endpoint_triggers_a_lookup_long_before_the_refresh():
     resolver = DnsResolver("greeter.test", port, refresh=30.0, lookup=dns.lookup)
     try:
         # Without health checks only the lost connection can tell the channel.
-        async with framework.connect(
+        async with gz.connect(
             resolver, health_check=False, balancer="round_robin"
         ) as channel:
             await all_ready(channel, 2)
@@ -95,7 +95,7 @@ async def test_a_failing_lookup_keeps_the_last_endpoints():
     dns = FakeDns("127.0.0.1", "127.0.0.2")
     resolver = DnsResolver("greeter.test", port, refresh=0.1, lookup=dns.lookup)
     try:
-        async with framework.connect(resolver, balancer="round_robin") as channel:
+        async with gz.connect(resolver, balancer="round_robin") as channel:
             assert await served_by(channel, 40) == {s.address for s in servers}
             dns.failure = OSError("Temporary failure in name resolution")
             failed_before = dns.lookups
@@ -128,6 +128,6 @@ async def test_the_system_resolver_finds_localhost(serve_greeter):
     server = await serve_greeter()
     port = server.server.port
     assert "127.0.0.1" in await system_lookup("localhost", port)
-    async with framework.connect(f"dns:///localhost:{port}") as channel:
+    async with gz.connect(f"dns:///localhost:{port}") as channel:
         assert (await say_hello(channel)).served_by == server.address
         assert Endpoint("127.0.0.1", port) in channel.endpoints

@@ -16,11 +16,11 @@ from collections import Counter
 import grpc
 import pytest
 
-import framework
-from framework.discovery.etcd import EtcdResolver, connection
-from framework.discovery.etcd.connection import EtcdConfig, EtcdConnection, acquire, release
-from framework.discovery.etcd.registration import FIRST_REGISTRATION_WAIT, EtcdRegistration
-from framework.discovery.etcd.resolver import PrefixCache, _Follower
+import gz
+from gz.discovery.etcd import EtcdResolver, connection
+from gz.discovery.etcd.connection import EtcdConfig, EtcdConnection, acquire, release
+from gz.discovery.etcd.registration import FIRST_REGISTRATION_WAIT, EtcdRegistration
+from gz.discovery.etcd.resolver import PrefixCache, _Follower
 
 from .etcd_server import EtcdServer
 from .support import (
@@ -94,7 +94,7 @@ async def test_replicas_register_in_go_zero_format_and_calls_spread(server_proce
         lease_id = key.removeprefix("greeter/")
         assert lease_id.isdigit() and etcd.lease_of(key) == int(lease_id)
         assert 0 < etcd.lease_ttl(int(lease_id)) <= TTL
-    async with framework.connect(
+    async with gz.connect(
         f"etcd://{etcd.endpoint}/greeter", balancer="round_robin"
     ) as channel:
         await all_ready(channel, 3)
@@ -117,7 +117,7 @@ async def test_sigterm_removes_the_key_before_calls_are_refused(server_process, 
 async def test_sigkill_key_expires_after_ttl_and_calls_go_on(server_process, etcd):
     replicas = registered_replicas(server_process, etcd, 3)
     await wait_serving_and_registered(etcd, *replicas)
-    async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
+    async with gz.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
         await channel.channel_ready()
         async with SteadyLoad(channel) as load:
             await asyncio.sleep(0.3)
@@ -143,7 +143,7 @@ async def test_a_new_replica_gets_calls_within_half_a_second_of_registering(serv
         EtcdResolver(EtcdConfig((etcd.endpoint,)), "greeter").watch(watcher)
     )
     try:
-        async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
+        async with gz.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
             assert (await say_hello(channel)).served_by == first.address
             (second,) = registered_replicas(server_process, etcd, 1)
             registered_at = await watcher.wait_for_set({first.address, second.address}, timeout=20)
@@ -163,7 +163,7 @@ async def test_etcd_outage_loses_no_call_and_servers_register_again(server_proce
     replicas = registered_replicas(server_process, etcd, 3)
     await wait_serving_and_registered(etcd, *replicas)
     addresses = {r.address for r in replicas}
-    async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
+    async with gz.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
         await channel.channel_ready()
         async with SteadyLoad(channel) as load:
             # 15 s down, far past the lease TTL; restarted with its data
@@ -335,12 +335,12 @@ async def test_go_zero_keys_resolve_and_garbage_is_skipped_once(
     etcd.etcdctl("put", "greet.rpc/123", greeter.address)  # as a go-zero server writes it
     etcd.etcdctl("put", "greet.rpc/456", "not an address")
     etcd.etcdctl("put", "greet.rpc.v2/1", "127.0.0.1:1")  # another service sharing the stem
-    async with framework.connect("etcd:///greet.rpc") as channel:
+    async with gz.connect("etcd:///greet.rpc") as channel:
         assert (await say_hello(channel)).served_by == greeter.address
         etcd.etcdctl("put", "greet.rpc/456", "not an address")  # again: no second warning
         etcd.etcdctl("put", "greet.rpc/789", "[::1:99")
         await asyncio.sleep(0.3)
-        assert channel.endpoints == [framework.Endpoint.parse(greeter.address)]
+        assert channel.endpoints == [gz.Endpoint.parse(greeter.address)]
         assert (await say_hello(channel)).served_by == greeter.address
     warnings = [r.getMessage() for r in caplog.records]
     assert sum("greet.rpc/456" in w for w in warnings) == 1, warnings
@@ -401,7 +401,7 @@ async def test_clients_share_one_connection_and_fail_over_between_endpoints(etcd
     etcd.etcdctl("put", "greeter/1", greeter.address)
     dead = f"127.0.0.1:{free_port()}"
     target = f"etcd://{dead},{etcd.endpoint}/greeter"
-    async with framework.connect(target) as first, framework.connect(target) as second:
+    async with gz.connect(target) as first, gz.connect(target) as second:
         assert (await say_hello(first)).served_by == greeter.address
         assert (await say_hello(second)).served_by == greeter.address
         shared = [c for c in connection._shared.values() if etcd.endpoint in c.config.endpoints]
@@ -417,7 +417,7 @@ async def test_etcd_with_a_user_and_password(server_process, etcd, monkeypatch):
     monkeypatch.setenv("GZ_ETCD_ENDPOINTS", etcd.endpoint)
     monkeypatch.setenv("GZ_ETCD_USERNAME", "gz")
     monkeypatch.setenv("GZ_ETCD_PASSWORD", "s3cret")
-    async with framework.connect("etcd:///greeter") as channel:
+    async with gz.connect("etcd:///greeter") as channel:
         assert (await say_hello(channel)).served_by == replica.address
     # etcd restarted: its simple tokens are gone, the server logs in again and stays registered
     etcd.restart()

@@ -16,8 +16,8 @@ import grpc
 import pytest
 from etcd3aio.kv import KVService
 
-import framework
-from framework.discovery.etcd import EtcdConfig, EtcdRegistration, resolver
+import gz
+from gz.discovery.etcd import EtcdConfig, EtcdRegistration, resolver
 
 from .etcd_server import EtcdServer
 from .support import say_hello, wait_until
@@ -62,7 +62,7 @@ async def test_a_prefix_over_the_message_limit_resolves_and_a_huge_value_is_skip
     started = time.monotonic()
     await put_all(etcd, keys)
     await put_all(etcd, [("big/02500-huge", b"x" * HUGE)])  # in the middle of a page
-    async with framework.connect(f"etcd://{etcd.endpoint}/big") as channel:
+    async with gz.connect(f"etcd://{etcd.endpoint}/big") as channel:
         assert (await say_hello(channel)).served_by in {first.address, last.address}
         assert {e.address for e in channel.endpoints} == {first.address, last.address}
         read_in = time.monotonic() - started
@@ -92,7 +92,7 @@ async def test_garbage_keys_are_summed_up_not_logged_one_by_one(etcd, serve_gree
     greeter = await serve_greeter()
     garbage = [(f"junk/{i:05d}", b"not an address") for i in range(10_000)]
     await put_all(etcd, [*garbage, ("junk/valid", greeter.address.encode())])
-    async with framework.connect(f"etcd://{etcd.endpoint}/junk") as channel:
+    async with gz.connect(f"etcd://{etcd.endpoint}/junk") as channel:
         assert (await say_hello(channel)).served_by == greeter.address
         told = skip_lines(caplog, "junk/")
         assert len(told) == 1, f"{len(told)} warnings about the garbage keys"
@@ -154,7 +154,7 @@ async def test_an_etcd_outage_logs_one_warning_and_one_info_line(etcd, serve_gre
         return len(lines(logging.INFO, "answers again"))
 
     try:
-        async with framework.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
+        async with gz.connect(f"etcd://{etcd.endpoint}/greeter") as channel:
             assert (await say_hello(channel)).served_by == greeter.address
             for outage in (1, 2):  # a second outage is told as well as the first
                 caplog.clear()

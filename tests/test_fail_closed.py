@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from framework.discovery import TargetError, build_resolver
-from framework.middleware import auth
-from framework.middleware.auth import TokenAuth
-from framework.settings import ClientSettings, EtcdSettings, ServerSettings, SettingsError
+from gz.discovery import TargetError, build_resolver
+from gz.middleware import auth
+from gz.middleware.auth import TokenAuth
+from gz.settings import ClientSettings, EtcdSettings, ServerSettings, SettingsError
 
 from .support import free_port
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-import framework
-from framework.backoff import Backoff
-from framework.discovery import FORMS, Endpoint, TargetError, build_resolver, parse_target
-from framework.discovery.kubernetes import STOP_WAIT, KubernetesResolver, parse_kube_target
-from framework.discovery.kubernetes.api import explain
-from framework.discovery.kubernetes.watcher import SliceWatcher
+import gz
+from gz.backoff import Backoff
+from gz.discovery import FORMS, Endpoint, TargetError, build_resolver, parse_target
+from gz.discovery.kubernetes import STOP_WAIT, KubernetesResolver, parse_kube_target
+from gz.discovery.kubernetes.api import explain
+from gz.discovery.kubernetes.watcher import SliceWatcher
 
 from .kube_api import KubeApiServer, endpoint_slice
 from .support import (
@@ -474,10 +474,10 @@ def test_a_bare_name_with_k8s_discovery_uses_the_grpc_port(monkeypatch):
     assert str(resolver.kube_target) == "k8s://shop/greeter:grpc"
 
 
-def test_import_framework_does_not_load_kubernetes():
+def test_import_gz_does_not_load_kubernetes():
     code = (
-        "import sys, framework\n"
-        "framework.discovery.build_resolver('k8s://shop/greeter:grpc')\n"
+        "import sys, gz\n"
+        "gz.discovery.build_resolver('k8s://shop/greeter:grpc')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
@@ -486,7 +486,7 @@ def test_import_framework_does_not_load_kubernetes():
 
 
 # -- end to end: real servers behind slices ------------------------------------------------------
-def pod_slice(name: str, pods: list[framework.Service], serving: dict[str, bool]) -> dict:
+def pod_slice(name: str, pods: list[gz.Service], serving: dict[str, bool]) -> dict:
     port = int(pods[0].address.rsplit(":", 1)[1])
     addresses = [(p.address.rsplit(":", 1)[0], {"ready": serving.get(p.address, True),
                   "serving": serving.get(p.address, True)}) for p in pods]  # fmt: skip
@@ -499,7 +499,7 @@ async def test_calls_follow_the_serving_pods_of_a_service(kube: KubeApiServer):
     try:
         kube.put_slice(NS, pod_slice("greeter-a", old[:2], {}))
         kube.put_slice(NS, pod_slice("greeter-b", [old[2], new], {new.address: False}))
-        async with framework.connect(
+        async with gz.connect(
             f"k8s://{NS}/{SERVICE}:grpc", balancer="round_robin"
         ) as channel:
             await all_ready(channel, 3)

@@ -12,13 +12,13 @@ import time
 import grpc
 import pytest
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
-from framework.logs import JsonFormatter
-from framework.middleware import CallContext, Kind, Method, compose
-from framework.middleware.deadline import Deadline, _inherited, time_remaining
-from framework.middleware.shedding import BUCKET_SECONDS, Shedding
+from gz.logs import JsonFormatter
+from gz.middleware import CallContext, Kind, Method, compose
+from gz.middleware.deadline import Deadline, _inherited, time_remaining
+from gz.middleware.shedding import BUCKET_SECONDS, Shedding
 
 from .middleware_relay import SECRET, Relay
 from .support import ROOT, say_hello, wait_until
@@ -165,7 +165,7 @@ async def test_gz_timeout_and_gz_method_timeouts_from_the_environment_through_co
             return error.code()
         return grpc.StatusCode.OK
 
-    async with framework.connect(f"direct:///{service.address}") as channel:  # settings: env
+    async with gz.connect(f"direct:///{service.address}") as channel:  # settings: env
         stub = greeter_pb2_grpc.GreeterStub(channel)
         codes = {method: await outcome(stub, method) for method in ("SayHello", "LotsOfReplies")}
     expected = {method: grpc.StatusCode.OK for method in codes}
@@ -197,10 +197,10 @@ async def test_the_server_deadline_is_inherited_only_while_the_handler_runs(serv
 def test_the_call_log_is_silent_where_logging_is_not_set_up():
     """A command-line client prints its own one-line error, not the call log's too."""
     code = (
-        "import asyncio, framework, grpc\n"
+        "import asyncio, gz, grpc\n"
         "from tests.support import say_hello\n"
         "async def main():\n"
-        "    async with framework.connect('direct:///127.0.0.1:1', retry=False) as channel:\n"
+        "    async with gz.connect('direct:///127.0.0.1:1', retry=False) as channel:\n"
         "        try:\n"
         "            await say_hello(channel)\n"
         "        except grpc.aio.AioRpcError as error:\n"

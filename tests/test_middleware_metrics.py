@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
-from framework.discovery import Listener, Resolver
-from framework.middleware.metrics import BUCKETS
+from gz.discovery import Listener, Resolver
+from gz.middleware.metrics import BUCKETS
 
 from .support import free_port, http_get, say_hello, wait_until
 
@@ -87,7 +87,7 @@ async def test_client_metrics_resolver_and_picks_in_this_process(server_process)
     await server.wait_serving()
     before = samples(generate_latest(REGISTRY).decode())
     target = f"direct:///{server.address}"
-    async with framework.connect(target) as channel:
+    async with gz.connect(target) as channel:
         for _ in range(5):
             await say_hello(channel)
     after = samples(generate_latest(REGISTRY).decode())
@@ -124,7 +124,7 @@ async def test_resolver_errors_are_counted_per_target():
         return value(parsed, "gz_resolver_errors_total", target=FailingResolver.target)
 
     before = errors()
-    async with framework.connect(FailingResolver(errors=2)):  # resolving starts on entering
+    async with gz.connect(FailingResolver(errors=2)):  # resolving starts on entering
         await wait_until(lambda: errors() - before >= 2, 10, "two errors counted")
     assert errors() - before == 2
 
@@ -133,8 +133,8 @@ async def test_metrics_switched_off_counts_nothing(server_process):
     server = server_process()
     await server.wait_serving()
     before = samples(generate_latest(REGISTRY).decode())
-    settings = framework.ClientSettings(metrics=False)
-    async with framework.connect(f"direct:///{server.address}", settings=settings) as channel:
+    settings = gz.ClientSettings(metrics=False)
+    async with gz.connect(f"direct:///{server.address}", settings=settings) as channel:
         await say_hello(channel)
     after = samples(generate_latest(REGISTRY).decode())
     assert value(after, "grpc_client_started_total", **UNARY) == value(

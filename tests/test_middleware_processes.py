@@ -19,9 +19,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
-from framework.middleware.tracing import Tracing
+from gz.middleware.tracing import Tracing
 
 from .middleware_relay import SECRET
 from .support import ServerProcess, say_hello, wait_until
@@ -96,9 +96,9 @@ def traced_client(relay):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     a, _ = relay
-    channel = framework.connect(
+    channel = gz.connect(
         f"direct:///{a.address}",
-        settings=framework.ClientSettings(tracing=False),
+        settings=gz.ClientSettings(tracing=False),
         middleware=[Tracing(provider)],
     )
     return channel, exporter
@@ -181,7 +181,7 @@ async def test_a_retried_call_has_one_span_per_attempt(relay, traced_client):
 
 async def test_the_deadline_follows_the_call_from_a_to_b(relay):
     a, _ = relay
-    async with framework.connect(f"direct:///{a.address}") as channel:
+    async with gz.connect(f"direct:///{a.address}") as channel:
         await say_hello(channel, "warm-up")
         reply = await greeter_pb2_grpc.GreeterStub(channel).SayHello(
             greeter_pb2.HelloRequest(name="remaining"), timeout=0.2

@@ -7,9 +7,9 @@ import logging
 import grpc
 import pytest
 
-import framework
+import gz
 from examples.greeter.server import Greeter
-from framework.middleware.auth import TokenAuth
+from gz.middleware.auth import TokenAuth
 
 from .support import health_status, say_hello
 
@@ -23,8 +23,8 @@ async def guarded(serve_greeter):
 
 async def call_code(address: str, **client_settings: object) -> grpc.StatusCode:
     """The status of one SayHello through connect() with these client settings."""
-    settings = framework.ClientSettings(**client_settings)
-    async with framework.connect(f"direct:///{address}", settings=settings, retry=False) as channel:
+    settings = gz.ClientSettings(**client_settings)
+    async with gz.connect(f"direct:///{address}", settings=settings, retry=False) as channel:
         try:
             await say_hello(channel)
         except grpc.aio.AioRpcError as error:
@@ -91,6 +91,6 @@ async def test_mtls_the_server_accepts_only_clients_with_a_certificate_from_its_
 
 def test_a_server_ca_without_a_server_certificate_is_a_bad_setting(pki, monkeypatch):
     monkeypatch.setenv("GZ_TLS_CA", pki["ca"])
-    with pytest.raises(framework.SettingsError, match="set GZ_TLS_CERT and GZ_TLS_KEY too"):
-        framework.ServerSettings.from_env()
-    framework.ClientSettings.from_env()  # a client with only a CA is fine: it verifies servers
+    with pytest.raises(gz.SettingsError, match="set GZ_TLS_CERT and GZ_TLS_KEY too"):
+        gz.ServerSettings.from_env()
+    gz.ClientSettings.from_env()  # a client with only a CA is fine: it verifies servers

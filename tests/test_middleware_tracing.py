@@ -16,12 +16,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
-from framework.middleware import CallContext, CallObserver, Kind, Method, compose
-from framework.middleware.calllog import CallLog
-from framework.middleware.tracing import Tracing
+from gz.middleware import CallContext, CallObserver, Kind, Method, compose
+from gz.middleware.calllog import CallLog
+from gz.middleware.tracing import Tracing
 
 from .support import start_greeter, wait_until
 
@@ -40,10 +40,10 @@ class TracedGreeter(Greeter):
         return self.reply(str(baggage.get_baggage("tenant")))
 
 
-def traced_channel(service: Greeter) -> framework.BalancedChannel:
+def traced_channel(service: Greeter) -> gz.BalancedChannel:
     """A channel to service whose client spans go to EXPORTER (gz's own tracing off)."""
-    settings = framework.ClientSettings(tracing=False)
-    return framework.connect(f"direct:///{service.address}", settings=settings,
+    settings = gz.ClientSettings(tracing=False)
+    return gz.connect(f"direct:///{service.address}", settings=settings,
                              middleware=[Tracing(PROVIDER)])  # fmt: skip
 
 

@@ -8,14 +8,14 @@ from collections import Counter
 import grpc
 import pytest
 
-import framework
-from framework.balancing import P2cEwmaPicker, RoundRobinPicker, outlier, picker_class
-from framework.balancing.load import Load
-from framework.balancing.outlier import Outcomes
-from framework.balancing.pool import SubchannelPool
-from framework.middleware import Kind, Method
-from framework.middleware.retry import RetryBudget, RetryPolicy
-from framework.window import SlidingCount
+import gz
+from gz.balancing import P2cEwmaPicker, RoundRobinPicker, outlier, picker_class
+from gz.balancing.load import Load
+from gz.balancing.outlier import Outcomes
+from gz.balancing.pool import SubchannelPool
+from gz.middleware import Kind, Method
+from gz.middleware.retry import RetryBudget, RetryPolicy
+from gz.window import SlidingCount
 
 from .support import free_port, wait_until
 
@@ -26,7 +26,7 @@ class FakeSubchannel:
     """What a picker reads of a subchannel: its endpoint, its address and its load."""
 
     def __init__(self, port: int, ewma_us: float = 1000.0, inflight: int = 0) -> None:
-        self.endpoint = framework.Endpoint("127.0.0.1", port)
+        self.endpoint = gz.Endpoint("127.0.0.1", port)
         self.peer = self.endpoint.address
         self.load = Load(now=0.0)
         self.load.ewma_us, self.load.inflight, self.load.last_pick = ewma_us, inflight, 1e18
@@ -45,9 +45,9 @@ def test_pickers_are_found_by_name_and_a_wrong_name_lists_the_right_ones():
 
 def test_p2c_ewma_is_the_default_balancer(monkeypatch):
     monkeypatch.delenv("GZ_BALANCER", raising=False)
-    assert framework.ClientSettings.from_env().balancer == "p2c_ewma"
+    assert gz.ClientSettings.from_env().balancer == "p2c_ewma"
     monkeypatch.setenv("GZ_BALANCER", "round_robin")
-    assert framework.ClientSettings.from_env().balancer == "round_robin"
+    assert gz.ClientSettings.from_env().balancer == "round_robin"
 
 
 def test_round_robin_takes_each_subchannel_in_turn():
@@ -76,7 +76,7 @@ def test_p2c_ewma_draws_two_distinct_subchannels_and_spreads_equal_ones():
 
 def test_p2c_ewma_forces_a_subchannel_not_picked_for_a_second_once(monkeypatch):
     now = 1000.0
-    monkeypatch.setattr("framework.balancing.p2c.time.monotonic", lambda: now)
+    monkeypatch.setattr("gz.balancing.p2c.time.monotonic", lambda: now)
     fast, slow = FakeSubchannel(1, ewma_us=1_000), FakeSubchannel(2, ewma_us=50_000)
     fast.load.last_pick = slow.load.last_pick = now
     picker = P2cEwmaPicker([fast, slow])
@@ -232,7 +232,7 @@ def test_failures_older_than_the_window_do_not_count():
 
 async def test_the_pool_never_ejects_more_than_half_and_readmits_later(monkeypatch):
     monkeypatch.setattr(outlier, "BASE_EJECTION", 1.0)  # long enough to count them on a busy box
-    endpoints = frozenset(framework.Endpoint("127.0.0.1", free_port()) for _ in range(4))
+    endpoints = frozenset(gz.Endpoint("127.0.0.1", free_port()) for _ in range(4))
     pool = SubchannelPool(
         "test", lambda e: grpc.aio.insecure_channel(e.address), P2cEwmaPicker, lambda: None,
         health_check=False,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import framework
-from framework.probes import REQUEST_TIMEOUT
+import gz
+from gz.probes import REQUEST_TIMEOUT
 
 from .support import free_port, http_get
 
@@ -160,11 +160,11 @@ async def test_gz_metrics_host_chooses_the_address_the_http_side_binds(serve_gre
 
 def test_gz_metrics_host_takes_an_address_without_a_port(monkeypatch):
     monkeypatch.delenv("GZ_METRICS_HOST", raising=False)
-    assert framework.ServerSettings.from_env().metrics_host is None  # the listen host
+    assert gz.ServerSettings.from_env().metrics_host is None  # the listen host
     monkeypatch.setenv("GZ_METRICS_HOST", "[::1]")
-    assert framework.ServerSettings.from_env().metrics_host == "::1"
+    assert gz.ServerSettings.from_env().metrics_host == "::1"
     monkeypatch.setenv("GZ_METRICS_HOST", "")
-    assert framework.ServerSettings.from_env().metrics_host is None
+    assert gz.ServerSettings.from_env().metrics_host is None
     monkeypatch.setenv("GZ_METRICS_HOST", "127.0.0.1:9090")
-    with pytest.raises(framework.SettingsError, match=r"GZ_METRICS_HOST.*without a port"):
-        framework.ServerSettings.from_env()
+    with pytest.raises(gz.SettingsError, match=r"GZ_METRICS_HOST.*without a port"):
+        gz.ServerSettings.from_env()

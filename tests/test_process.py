@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 
 from .support import direct, health_status, say_hello, wait_until
@@ -103,7 +103,7 @@ async def test_client_over_processes_survives_a_graceful_stop(server_process):
         await server.wait_serving()
     served: dict[str, int] = {}
     stopped = asyncio.Event()
-    async with framework.connect(direct(servers), balancer="round_robin") as channel:
+    async with gz.connect(direct(servers), balancer="round_robin") as channel:
 
         async def call_until_stopped() -> None:
             while not stopped.is_set():
@@ -124,9 +124,9 @@ async def test_client_over_processes_survives_a_graceful_stop(server_process):
 
 
 async def test_gz_run_serves_a_service_class(server_process):
-    server = server_process("-m", "scaffold.cli", "run", "examples.greeter.server:Greeter")
+    server = server_process("-m", "gz.scaffold.cli", "run", "examples.greeter.server:Greeter")
     await server.wait_serving()
-    async with framework.connect(f"direct:///{server.address}") as channel:
+    async with gz.connect(f"direct:///{server.address}") as channel:
         assert (await say_hello(channel, "run")).served_by == server.address
     server.signal(signal.SIGTERM)
     assert await server.wait_exit() == 0

@@ -9,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-import framework
+import gz
 
 from .support import health_status
 
@@ -40,7 +40,7 @@ async def test_gz_reflection_false_switches_it_off(serve_greeter, monkeypatch):
     assert await refusal(switched_off.address) is grpc.StatusCode.UNIMPLEMENTED
     assert await health_status(switched_off.address) == health_pb2.HealthCheckResponse.SERVING
     monkeypatch.setenv("GZ_REFLECTION", "false")
-    assert framework.ServerSettings.from_env().reflection is False
+    assert gz.ServerSettings.from_env().reflection is False
 
 
 async def test_with_tokens_reflection_asks_for_one_and_health_does_not(serve_greeter):

@@ -9,12 +9,12 @@ from collections import Counter
 import grpc
 import pytest
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
-from framework.balancing import outlier
-from framework.balancing.attempts import UnaryAttempts
-from framework.balancing.calls import ChainedCall
+from gz.balancing import outlier
+from gz.balancing.attempts import UnaryAttempts
+from gz.balancing.calls import ChainedCall
 
 from .support import all_ready, direct, hot_path_settings
 
@@ -60,12 +60,12 @@ class FailingAfterAReply(Greeter):
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.address} fails after a reply")
 
 
-def connect(*services: Greeter, **options: object) -> framework.BalancedChannel:
+def connect(*services: Greeter, **options: object) -> gz.BalancedChannel:
     options.setdefault("settings", hot_path_settings())
-    return framework.connect(direct(services), balancer="round_robin", **options)
+    return gz.connect(direct(services), balancer="round_robin", **options)
 
 
-async def ready(channel: framework.BalancedChannel) -> greeter_pb2_grpc.GreeterStub:
+async def ready(channel: gz.BalancedChannel) -> greeter_pb2_grpc.GreeterStub:
     """A stub once every endpoint is READY (calls then take the hot path)."""
     await channel.channel_ready()
     await all_ready(channel, len(channel.endpoints))
@@ -95,13 +95,13 @@ async def test_other_codes_are_retried_only_for_idempotent_calls(serve_greeter):
             for _ in range(4):
                 await stub.SayHello(REQUEST)
         assert error.value.code() == grpc.StatusCode.INTERNAL
-        with framework.idempotent():
+        with gz.idempotent():
             replies = [await stub.SayHello(REQUEST) for _ in range(10)]
         assert {reply.served_by for reply in replies} == {healthy.address}
     settings = hot_path_settings(idempotent_methods=["greeter.v1.Greeter/*"])
     async with connect(failing, healthy, settings=settings) as channel:
         stub = await ready(channel)
-        with framework.idempotent(False), pytest.raises(grpc.aio.AioRpcError):
+        with gz.idempotent(False), pytest.raises(grpc.aio.AioRpcError):
             for _ in range(4):
                 await stub.SayHello(REQUEST)
         replies = [await stub.SayHello(REQUEST) for _ in range(10)]
@@ -110,7 +110,7 @@ async def test_other_codes_are_retried_only_for_idempotent_calls(serve_greeter):
 
 async def test_a_call_gets_at_most_max_attempts_each_on_another_endpoint(serve_greeter):
     failing = [await serve_greeter(Failing) for _ in range(4)]
-    async with connect(*failing, retry=framework.RetryPolicy(max_attempts=3)) as channel:
+    async with connect(*failing, retry=gz.RetryPolicy(max_attempts=3)) as channel:
         stub = await ready(channel)
         before = sum(s.calls for s in failing)
         call = stub.SayHello(REQUEST)
@@ -127,7 +127,7 @@ async def test_a_lone_failing_call_gets_its_retries_from_the_budget_reserve(serv
     use all its attempts (default policy)."""
     failing = [await serve_greeter(Failing) for _ in range(3)]
     async with connect(*failing) as channel:
-        assert channel.retry is not None and channel.retry.policy == framework.RetryPolicy()
+        assert channel.retry is not None and channel.retry.policy == gz.RetryPolicy()
         stub = await ready(channel)
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.SayHello(REQUEST)
@@ -148,15 +148,15 @@ async def test_each_attempt_of_a_call_goes_to_another_endpoint_under_p2c_ewma(
     healthy = await serve_greeter(Slow)
     seen: dict[str, list[tuple[int, str | None]]] = {}  # per call: (attempt, peer) of each
 
-    class Record(framework.Middleware):
+    class Record(gz.Middleware):
         async def unary(self, ctx, request, call_next):
             try:
                 return await call_next(ctx, request)
             finally:
                 seen.setdefault(request.name, []).append((ctx.state["attempt"], ctx.peer))
 
-    every_retry = framework.RetryPolicy(budget_ratio=2.0)  # the budget is tested elsewhere
-    async with framework.connect(
+    every_retry = gz.RetryPolicy(budget_ratio=2.0)  # the budget is tested elsewhere
+    async with gz.connect(
         direct([*failing, healthy]),
         middleware=[Record()] if chained else [],
         retry=every_retry,
@@ -197,7 +197,7 @@ async def test_a_stream_is_not_retried_once_a_reply_arrived(serve_greeter):
 
 async def test_no_retry_starts_that_would_end_after_the_deadline(serve_greeter):
     failing = [await serve_greeter(Failing) for _ in range(2)]
-    slow_retries = framework.RetryPolicy(first_backoff=2.0, max_backoff=2.0)
+    slow_retries = gz.RetryPolicy(first_backoff=2.0, max_backoff=2.0)
     async with connect(*failing, retry=slow_retries) as channel:
         stub = await ready(channel)
         started = time.monotonic()
@@ -224,7 +224,7 @@ async def test_middleware_sees_each_attempt_and_streams_retry_before_a_first_rep
     failing, healthy = await serve_greeter(Failing), await serve_greeter()
     seen: list[tuple[str, int, str | None]] = []
 
-    class Record(framework.Middleware):
+    class Record(gz.Middleware):
         async def unary(self, ctx, request, call_next):
             try:
                 return await call_next(ctx, request)
@@ -259,7 +259,7 @@ async def test_middleware_sees_each_attempt_and_streams_retry_before_a_first_rep
 async def test_a_default_deadline_set_by_middleware_holds_for_the_whole_call(serve_greeter):
     failing = [await serve_greeter(Failing) for _ in range(2)]
 
-    class DefaultTimeout(framework.Middleware):  # as the Deadline middleware does for GZ_TIMEOUT
+    class DefaultTimeout(gz.Middleware):  # as the Deadline middleware does for GZ_TIMEOUT
         async def unary(self, ctx, request, call_next):
             if ctx.deadline is None:
                 ctx.deadline = time.monotonic() + 1.0
@@ -289,7 +289,7 @@ async def test_retries_keep_the_hot_path_with_default_middleware_and_are_counted
         return found
 
     failing, healthy = await serve_greeter(Failing), await serve_greeter()
-    async with connect(failing, healthy, settings=framework.ClientSettings()) as channel:
+    async with connect(failing, healthy, settings=gz.ClientSettings()) as channel:
         stub = await ready(channel)
         before = counts()
         calls = [stub.SayHello(REQUEST) for _ in range(10)]

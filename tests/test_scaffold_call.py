@@ -14,9 +14,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from scaffold.cli import main
+from gz.scaffold.cli import main
 
-from .support import ServerProcess, direct, gz
+from .support import ServerProcess, direct, run_gz
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +34,18 @@ def replicas():
 
 def test_call_every_kind_over_direct(replicas):
     target = direct(replicas)
-    code, out, err = gz("call", target, "SayHello", '{"name": "gz"}')
+    code, out, err = run_gz("call", target, "SayHello", '{"name": "gz"}')
     assert code == 0, err
     reply = json.loads(out)
     assert reply["message"] == "Hello, gz!"
     assert reply["servedBy"] in {replica.address for replica in replicas}
-    code, out, err = gz("call", target, "greeter.v1.Greeter/LotsOfReplies", '{"count": 2}')
+    code, out, err = run_gz("call", target, "greeter.v1.Greeter/LotsOfReplies", '{"count": 2}')
     assert code == 0, err
     assert [json.loads(line)["message"] for line in out.splitlines()] == [
         "Hello, ! (1/2)",
         "Hello, ! (2/2)",
     ]
-    code, out, err = gz(
+    code, out, err = run_gz(
         "call", target, "Greeter.LotsOfGreetings", "-", stdin='[{"name": "a"}, {"name": "b"}]'
     )
     assert code == 0, err
@@ -55,7 +55,7 @@ def test_call_every_kind_over_direct(replicas):
 def test_calls_are_balanced_over_the_endpoints(replicas):
     served = set()
     for _ in range(20):
-        code, out, err = gz("call", direct(replicas), "SayHello")
+        code, out, err = run_gz("call", direct(replicas), "SayHello")
         assert code == 0, err
         served.add(json.loads(out)["servedBy"])
     # each gz call is a new client whose picks are spread over both replicas: that all 20 land
@@ -68,7 +68,7 @@ def test_calls_are_balanced_over_the_endpoints(replicas):
 )
 def test_call_with_a_bad_setting_says_which_in_one_line(replicas, monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
-    code, out, err = gz("call", direct(replicas), "SayHello")
+    code, out, err = run_gz("call", direct(replicas), "SayHello")
     assert code == 2 and out == ""
     assert err.startswith("gz: ") and variable in err and err.count("\n") == 1, err
 
@@ -84,13 +84,13 @@ def test_call_with_a_bad_setting_says_which_in_one_line(replicas, monkeypatch, v
     ],
 )
 def test_bad_calls_exit_2_with_one_line(replicas, method, request_json, says):
-    code, _, err = gz("call", direct(replicas[:1]), method, request_json)
+    code, _, err = run_gz("call", direct(replicas[:1]), method, request_json)
     assert code == 2
     assert err.startswith("gz: ") and err.count("\n") == 1 and says in err
 
 
 def test_a_failed_call_exits_1_naming_the_status(replicas):
-    code, _, err = gz(
+    code, _, err = run_gz(
         "call", direct(replicas[:1]), "SayHello", '{"delaySeconds": 2}', "--timeout", "300ms"
     )
     assert code == 1
@@ -98,10 +98,10 @@ def test_a_failed_call_exits_1_naming_the_status(replicas):
 
 
 def test_health_over_direct(replicas):
-    code, out, err = gz("health", direct(replicas), "--service", "greeter.v1.Greeter")
+    code, out, err = run_gz("health", direct(replicas), "--service", "greeter.v1.Greeter")
     assert code == 0, err
     assert sorted(out.splitlines()) == sorted(f"{r.address} SERVING" for r in replicas)
-    code, out, err = gz("health", direct(replicas), "--service", "no.Such")
+    code, out, err = run_gz("health", direct(replicas), "--service", "no.Such")
     assert code == 1 and "2 of 2 endpoints not SERVING" in err
     assert "SERVICE_UNKNOWN" in out
 
@@ -112,7 +112,7 @@ def test_health_fails_when_one_endpoint_is_down_or_draining(server_process):
         asyncio.run(replica.wait_serving())
     draining.signal(signal.SIGTERM)
     down.kill()
-    code, out, err = gz("health", direct([serving, down, draining]), "--timeout", "1s")
+    code, out, err = run_gz("health", direct([serving, down, draining]), "--timeout", "1s")
     assert code == 1
     statuses = dict(line.split() for line in out.splitlines())
     assert statuses[serving.address] == "SERVING"
@@ -130,13 +130,13 @@ def test_call_and_health_over_etcd(etcd, server_process):
     replicas = [server_process(**env), server_process(**env)]
     asyncio.run(etcd.wait_registered({r.address for r in replicas}, timeout=20))
     target = f"etcd://{etcd.endpoint}/greeter"
-    code, out, err = gz("health", target)
+    code, out, err = run_gz("health", target)
     assert code == 0, err
     assert sorted(out.splitlines()) == sorted(f"{r.address} SERVING" for r in replicas)
-    code, out, err = gz("call", target, "SayHello", '{"name": "etcd"}')
+    code, out, err = run_gz("call", target, "SayHello", '{"name": "etcd"}')
     assert code == 0, err
     assert json.loads(out)["message"] == "Hello, etcd!"
-    code, out, err = gz("resolve", target, "--json")
+    code, out, err = run_gz("resolve", target, "--json")
     assert sorted(json.loads(out)["endpoints"]) == sorted(r.address for r in replicas)
 
 
@@ -144,22 +144,22 @@ def test_health_over_tls_uses_the_client_tls_settings(server_process, pki, monke
     replica = server_process(GZ_TLS_CERT=pki["server_cert"], GZ_TLS_KEY=pki["server_key"])
     monkeypatch.setenv("GZ_TLS_CA", pki["ca"])
     for _ in range(200):  # the test's own health probe speaks plaintext: ask gz health
-        code, out, err = gz("health", direct([replica]), "--timeout", "1s")
+        code, out, err = run_gz("health", direct([replica]), "--timeout", "1s")
         if code == 0 or replica.process.poll() is not None:
             break
         time.sleep(0.1)
     assert (code, out) == (0, f"{replica.address} SERVING\n"), replica.stderr()
     monkeypatch.delenv("GZ_TLS_CA")
-    code, out, err = gz("health", direct([replica]), "--timeout", "1s")
+    code, out, err = run_gz("health", direct([replica]), "--timeout", "1s")
     assert (code, out) == (1, f"{replica.address} UNAVAILABLE\n")
     monkeypatch.setenv("GZ_TLS_CA", "/no/such/ca.pem")
-    code, out, err = gz("health", direct([replica]))
+    code, out, err = run_gz("health", direct([replica]))
     assert code == 2 and err.startswith("gz: ") and "GZ_TLS_CA" in err, err
 
 
 def test_bad_targets_exit_2():
     for command in (["call", "nope://x", "SayHello"], ["health", "direct:///x"]):
-        code, _, err = gz(*command)
+        code, _, err = run_gz(*command)
         assert code == 2 and err.startswith("gz: bad target") and err.count("\n") == 1
 
 
@@ -178,7 +178,7 @@ def test_bad_targets_exit_2():
     ],
 )
 def test_every_command_has_help(command):
-    code, out, _ = gz(*command, "--help")
+    code, out, _ = run_gz(*command, "--help")
     assert code == 0 and out.startswith("Usage: gz")
 
 

@@ -15,17 +15,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from framework.durations import parse_duration
-from scaffold import kube
+from gz.durations import parse_duration
+from gz.scaffold import kube
 
-from .support import free_port, gz, http_get, say_hello, wait_until
+from .support import free_port, http_get, run_gz, say_hello, wait_until
 
 ENVOY = Path(sys.executable).parent / "envoy"
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 
 
 def manifests(mode: str, *extra: str) -> list[dict]:
-    code, out, err = gz(
+    code, out, err = run_gz(
         "kube", mode, "--name", "greeter", "--image", "greeter:1", "--namespace", "shop", *extra
     )
     assert code == 0, err
@@ -86,7 +86,7 @@ def test_every_deployment_probes_grpc_knows_its_pod_and_outlives_its_drain(mode)
 
 
 def test_service_mode_sets_max_connection_age_and_explains_the_l4_limit():
-    _, out, _ = gz(
+    _, out, _ = run_gz(
         "kube", "service", "--name", "greeter", "--image", "g:1", "--max-connection-age", "1m"
     )
     assert "balances connections, not calls (L4)" in out
@@ -179,7 +179,7 @@ def test_endpoints_mode_binds_the_reader_role_to_the_service_account_too():
 
 
 def test_a_namespace_may_start_with_a_digit():
-    code, out, err = gz("kube", "endpoints", "--name", "greeter", "--image", "g:1",
+    code, out, err = run_gz("kube", "endpoints", "--name", "greeter", "--image", "g:1",
                         "--namespace", "1team")  # fmt: skip
     assert code == 0, err
     objects = list(yaml.safe_load_all(out))
@@ -195,7 +195,7 @@ def test_a_namespace_may_start_with_a_digit():
      ("--service-account", "Caller!"), ("--service-account", "a..b")],
 )  # fmt: skip
 def test_a_bad_namespace_or_service_account_exits_2_naming_it(option, value):
-    code, _, err = gz("kube", "headless", "--name", "greeter", "--image", "g:1", option, value)
+    code, _, err = run_gz("kube", "headless", "--name", "greeter", "--image", "g:1", option, value)
     assert code == 2 and err.startswith("gz: ") and err.count("\n") == 1
     assert repr(value) in err
 
@@ -225,7 +225,9 @@ def test_envoy_sidecar_runs_beside_the_client_which_targets_loopback():
 
 
 def test_output_directory_gets_one_file_per_object(tmp_path):
-    code, out, err = gz("kube", "envoy", "--name", "greeter", "--image", "g:1", "-o", str(tmp_path))
+    code, out, err = run_gz(
+        "kube", "envoy", "--name", "greeter", "--image", "g:1", "-o", str(tmp_path)
+    )
     assert code == 0, err
     files = sorted(path.name for path in tmp_path.iterdir())
     assert "configmap-greeter-envoy.yaml" in files and "deployment-greeter-envoy.yaml" in files
@@ -244,7 +246,7 @@ def test_output_directory_gets_one_file_per_object(tmp_path):
     ],
 )
 def test_bad_input_exits_2_with_one_line(arguments):
-    code, _, err = gz(*arguments)
+    code, _, err = run_gz(*arguments)
     assert code == 2
     assert err.startswith("gz: ") and err.count("\n") == 1
 

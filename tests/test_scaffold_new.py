@@ -21,7 +21,7 @@ import pytest
 
 from examples.greeter import greeter_pb2
 
-from .support import ROOT, ServerProcess, gz, wait_until
+from .support import ROOT, ServerProcess, run_gz, wait_until
 
 PROTOS = Path(__file__).parent / "protos"
 
@@ -81,7 +81,7 @@ def installed_files(python: Path, package: str) -> set[str]:
 
 
 def test_new_service_installs_and_passes_its_own_tests(venv, tmp_path):
-    code, out, err = gz("new", "service", "hello", "--dir", str(tmp_path / "hello"))
+    code, out, err = run_gz("new", "service", "hello", "--dir", str(tmp_path / "hello"))
     assert code == 0, err
     project = tmp_path / "hello"
     for name in [
@@ -116,7 +116,7 @@ def test_new_service_from_a_streaming_proto_answers_unimplemented_naming_each_me
     project = tmp_path / "shop"
     requirement = f"gz @ {ROOT.as_uri()}"  # this checkout, as a user without an index would
     proto = str(PROTOS / "shop.proto")
-    code, _, err = gz("new", "service", "shop-orders", "--dir", str(project), "--proto", proto,
+    code, _, err = run_gz("new", "service", "shop-orders", "--dir", str(project), "--proto", proto,
                       "--registry", "etcd", "--gz-requirement", requirement)  # fmt: skip
     assert code == 0, err
     assert f'dependencies = ["{requirement}"]' in (project / "pyproject.toml").read_text()
@@ -132,9 +132,9 @@ def test_new_service_from_a_streaming_proto_answers_unimplemented_naming_each_me
 
 
 def test_generated_code_is_clean_for_ruff(tmp_path):
-    assert gz("new", "service", "hello", "--dir", str(tmp_path / "a"))[0] == 0
+    assert run_gz("new", "service", "hello", "--dir", str(tmp_path / "a"))[0] == 0
     proto = str(PROTOS / "shop.proto")
-    assert gz("new", "service", "shop", "--dir", str(tmp_path / "b"), "--proto", proto)[0] == 0
+    assert run_gz("new", "service", "shop", "--dir", str(tmp_path / "b"), "--proto", proto)[0] == 0
     ruff = Path(sys.executable).parent / "ruff"
     options = ["--isolated", "--line-length", "100", "--exclude", "*_pb2*"]
     for project in (tmp_path / "a", tmp_path / "b"):
@@ -146,7 +146,7 @@ def test_generated_code_is_clean_for_ruff(tmp_path):
 
 
 def test_dockerfile_is_slim_non_root_and_exec_form(tmp_path):
-    assert gz("new", "service", "hello", "--dir", str(tmp_path / "p"))[0] == 0
+    assert run_gz("new", "service", "hello", "--dir", str(tmp_path / "p"))[0] == 0
     dockerfile = (tmp_path / "p/Dockerfile").read_text()
     assert "FROM python:3.12-slim" in dockerfile
     assert "\nUSER 10001\n" in dockerfile
@@ -165,7 +165,7 @@ def test_dockerfile_is_slim_non_root_and_exec_form(tmp_path):
     ],
 )
 def test_bad_names_exit_2_with_one_line(tmp_path, name, says):
-    code, _, err = gz("new", "service", name, "--dir", str(tmp_path / "x"))
+    code, _, err = run_gz("new", "service", name, "--dir", str(tmp_path / "x"))
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("gz: ") and says in err
     assert not (tmp_path / "x").exists()
@@ -173,9 +173,9 @@ def test_bad_names_exit_2_with_one_line(tmp_path, name, says):
 
 def test_a_non_empty_directory_needs_force(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    code, _, err = gz("new", "service", "hello", "--dir", str(tmp_path))
+    code, _, err = run_gz("new", "service", "hello", "--dir", str(tmp_path))
     assert code == 2 and "--force" in err
-    code, _, err = gz("new", "service", "hello", "--dir", str(tmp_path), "--force")
+    code, _, err = run_gz("new", "service", "hello", "--dir", str(tmp_path), "--force")
     assert code == 0, err
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
@@ -183,7 +183,7 @@ def test_a_non_empty_directory_needs_force(tmp_path):
 def test_a_proto_without_a_service_or_with_errors_is_refused(tmp_path):
     (tmp_path / "empty.proto").write_text('syntax = "proto3";\nmessage A {}\n')
     (tmp_path / "broken.proto").write_text('syntax = "proto3";\nmessage A { nope }\n')
-    code, _, err = gz(
+    code, _, err = run_gz(
         "new",
         "service",
         "x1",
@@ -193,7 +193,7 @@ def test_a_proto_without_a_service_or_with_errors_is_refused(tmp_path):
         str(tmp_path / "empty.proto"),
     )
     assert code == 2 and "defines no service" in err
-    code, _, err = gz(
+    code, _, err = run_gz(
         "new",
         "service",
         "x2",
@@ -208,7 +208,9 @@ def test_a_proto_without_a_service_or_with_errors_is_refused(tmp_path):
 def test_gen_regenerates_with_relative_imports_and_type_stubs(tmp_path, monkeypatch):
     for name in ["shop.proto", "shop_common.proto"]:
         (tmp_path / name).write_text((PROTOS / name).read_text())
-    code, out, err = gz("gen", str(tmp_path / "shop.proto"), str(tmp_path / "shop_common.proto"))
+    code, out, err = run_gz(
+        "gen", str(tmp_path / "shop.proto"), str(tmp_path / "shop_common.proto")
+    )
     assert code == 0, err
     assert (
         "from . import shop_common_pb2 as shop__common__pb2"
@@ -220,21 +222,21 @@ def test_gen_regenerates_with_relative_imports_and_type_stubs(tmp_path, monkeypa
     )
     assert "from . import shop_pb2 as shop__pb2" in (tmp_path / "shop_pb2_grpc.py").read_text()
     # inside a project, no argument: every proto of its package
-    assert gz("new", "service", "hello", "--dir", str(tmp_path / "p"))[0] == 0
+    assert run_gz("new", "service", "hello", "--dir", str(tmp_path / "p"))[0] == 0
     (tmp_path / "p/hello/hello_pb2.py").unlink()
     monkeypatch.chdir(tmp_path / "p")
-    code, out, err = gz("gen")
+    code, out, err = run_gz("gen")
     assert code == 0, err
     assert (tmp_path / "p/hello/hello_pb2.py").is_file() and "hello_pb2.pyi" in out
     monkeypatch.chdir(tmp_path)
-    code, _, err = gz("gen")
+    code, _, err = run_gz("gen")
     assert code == 2 and "gz gen: no pyproject.toml with [tool.gz]" in err
 
 
 async def test_run_defaults_to_the_project_service_and_reloads_on_change(tmp_path):
-    assert gz("new", "service", "hello", "--dir", str(tmp_path / "hello"))[0] == 0
+    assert run_gz("new", "service", "hello", "--dir", str(tmp_path / "hello"))[0] == 0
     project = tmp_path / "hello"
-    server = ServerProcess("-m", "scaffold.cli", "run", "--reload", GZ_NAME="hello")
+    server = ServerProcess("-m", "gz.scaffold.cli", "run", "--reload", GZ_NAME="hello")
     server.cwd = project
     server.start()
     try:

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from framework import netaddr
-from framework.durations import parse_duration
-from framework.settings import ClientSettings, EtcdSettings, ServerSettings, SettingsError
+from gz import netaddr
+from gz.durations import parse_duration
+from gz.settings import ClientSettings, EtcdSettings, ServerSettings, SettingsError
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-import framework
+import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
 
@@ -39,7 +39,7 @@ async def requests(*names: str):
 
 async def test_sync_handlers_of_every_kind_run_in_the_thread_pool(serve_greeter):
     service = await serve_greeter(SyncGreeter)
-    async with framework.connect(f"direct:///{service.address}") as channel:
+    async with gz.connect(f"direct:///{service.address}") as channel:
         stub = greeter_pb2_grpc.GreeterStub(channel)
         replies = [
             await stub.SayHello(Request(name="unary")),

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framework.discovery import (
+from gz.discovery import (
     FORMS,
     Endpoint,
     ManualResolver,
@@ -20,9 +20,9 @@ from framework.discovery import (
     build_resolver,
     expand_bare_name,
 )
-from framework.discovery.dns import DnsResolver
-from framework.discovery.etcd import EtcdResolver
-from framework.settings import ClientSettings
+from gz.discovery.dns import DnsResolver
+from gz.discovery.etcd import EtcdResolver
+from gz.settings import ClientSettings
 
 from .support import Recorder
 

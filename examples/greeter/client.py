@@ -13,7 +13,7 @@ import argparse
 import asyncio
 from collections import Counter
 
-import framework
+import gz
 
 from . import greeter_pb2, greeter_pb2_grpc
 
@@ -21,7 +21,7 @@ from . import greeter_pb2, greeter_pb2_grpc
 async def main(target: str, calls: int = 10, name: str = "world") -> Counter[str]:
     """Make ``calls`` SayHello calls to ``target``; print and return a Counter of ``served_by``."""
     served: Counter[str] = Counter()
-    async with framework.connect(target) as channel:
+    async with gz.connect(target) as channel:
         stub = greeter_pb2_grpc.GreeterStub(channel)
         for _ in range(calls):
             reply = await stub.SayHello(greeter_pb2.HelloRequest(name=name))

@@ -8,7 +8,7 @@ Usage::
    data dir;
 2. starts three replicas as real processes with ``GZ_REGISTRY=etcd``; each registers
    ``greeter/<lease id>`` = its address on a lease, as go-zero does;
-3. makes 300 SayHello calls through ``framework.connect("etcd://.../greeter")`` and shows how
+3. makes 300 SayHello calls through ``gz.connect("etcd://.../greeter")`` and shows how
    many each replica served;
 4. SIGKILLs one replica and makes 300 more calls: they keep going to the two others, and the
    dead replica's key disappears when its lease runs out;
@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import framework
+import gz
 
 from . import greeter_pb2, greeter_pb2_grpc
 
@@ -236,10 +236,10 @@ async def exercise(replicas: list[Process], etcd_endpoint: str) -> bool:
     show_keys(etcd_endpoint)
 
     target = f"etcd://{etcd_endpoint}/greeter"
-    async with framework.connect(target) as channel:
+    async with gz.connect(target) as channel:
         stub = greeter_pb2_grpc.GreeterStub(channel)
 
-        heading(f"3. {CALLS} calls through framework.connect({target!r})")
+        heading(f"3. {CALLS} calls through gz.connect({target!r})")
         print(f"  balancer: {channel.balancer}, {BATCH} calls in flight at a time")
         served, errors = await make_calls(stub, CALLS)
         print_table(replicas, served, errors)
@@ -278,7 +278,7 @@ async def exercise(replicas: list[Process], etcd_endpoint: str) -> bool:
     return ok
 
 
-async def wait_for_expiry(channel: framework.BalancedChannel, victim: Process,
+async def wait_for_expiry(channel: gz.BalancedChannel, victim: Process,
                           etcd_endpoint: str) -> bool:  # fmt: skip
     """The killed replica never revoked its lease: its key goes when the lease runs out."""
     started = time.monotonic()

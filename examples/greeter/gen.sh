@@ -7,4 +7,4 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 python="${PYTHON:-python3}"
 
-PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$python" -m scaffold.cli gen "$here/greeter.proto"
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$python" -m gz.scaffold.cli gen "$here/greeter.proto"

@@ -6,12 +6,12 @@ Run it with ``python -m examples.greeter.server``; settings come from GZ_* varia
 
 import asyncio
 
-import framework
+import gz
 
 from . import greeter_pb2, greeter_pb2_grpc
 
 
-class Greeter(framework.Service, greeter_pb2_grpc.GreeterServicer):
+class Greeter(gz.Service, greeter_pb2_grpc.GreeterServicer):
     """Says hello in all four gRPC call kinds; every reply names the replica that served it."""
 
     def reply(self, message: str) -> greeter_pb2.HelloReply:

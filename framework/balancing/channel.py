@@ -65,7 +65,7 @@ def channel_options(options: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any]
 
 
 class BalancedChannel(grpc.aio.Channel):
-    """Made by ``framework.connect()``; use it wherever a grpc.aio channel is expected."""
+    """Made by ``gz.connect()``; use it wherever a grpc.aio channel is expected."""
 
     def __init__(
         self,

@@ -1,5 +1,5 @@
 """Discovery: turn a target into a Resolver. Each scheme lives in its own module, imported only
-when a target of that scheme is used (so ``import framework`` never loads etcd or kubernetes)."""
+when a target of that scheme is used (so ``import gz`` never loads etcd or kubernetes)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ if TYPE_CHECKING:
     from ..settings import ClientSettings
 
 _BACKENDS = {
-    "direct": "framework.discovery.direct",
-    "dns": "framework.discovery.dns",
-    "etcd": "framework.discovery.etcd",
-    "k8s": "framework.discovery.kubernetes",
+    "direct": "gz.discovery.direct",
+    "dns": "gz.discovery.dns",
+    "etcd": "gz.discovery.etcd",
+    "k8s": "gz.discovery.kubernetes",
 }
 
 

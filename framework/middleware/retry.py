@@ -62,7 +62,7 @@ def idempotent(value: bool = True) -> Iterator[None]:
     """Mark the calls made inside the block as idempotent (or, with False, as not), whatever
     the method list says::
 
-        with framework.idempotent():
+        with gz.idempotent():
             await stub.GetUser(request)
     """
     token = _idempotent.set(value)

@@ -4,7 +4,7 @@ Spans are named ``package.Service/Method`` with kind SERVER or CLIENT, the rpc.*
 the gRPC status code. The middleware takes part only when a real tracer provider is set (by the
 application, or by ``configure_tracing()`` from OTEL_TRACES_EXPORTER) when a method's chain is
 composed; otherwise it is left out of every chain and costs nothing. opentelemetry is imported
-only then, so ``import framework`` stays fast.
+only then, so ``import gz`` stays fast.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The client half of the differential suite: one scenario played through a raw grpc.aio channel
-and through framework.connect() channels, against the same raw grpc.aio server.
+and through gz.connect() channels, against the same raw grpc.aio server.
 
 A scenario is a server script (what the server does, step by step: initial metadata, pauses,
 messages, reading or echoing the requests, trailing metadata, a status or an abort) and a client
@@ -32,7 +32,7 @@ from typing import Any
 
 import grpc
 
-import framework
+import gz
 
 SERVICE = "gz.differential.Scenario"
 KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
@@ -180,7 +180,7 @@ class ScenarioServer:
 
 
 # -- the clients --------------------------------------------------------------------------------
-class PassThrough(framework.Middleware):
+class PassThrough(gz.Middleware):
     """A user's middleware that changes nothing: being there sends every call down the chain."""
 
     async def unary(self, ctx: Any, request: Any, call_next: Any) -> Any:
@@ -191,8 +191,8 @@ class PassThrough(framework.Middleware):
             yield response
 
 
-def _hot_settings() -> framework.ClientSettings:
-    return framework.ClientSettings.from_env(
+def _hot_settings() -> gz.ClientSettings:
+    return gz.ClientSettings.from_env(
         tracing=False, metrics=False, call_log=False, deadline=False
     )
 
@@ -208,16 +208,16 @@ def _cold(port: int) -> grpc.aio.Channel:
     """A default connect() with a connection of its own (a channel option no other channel has:
     grpc shares connections between channels with the same target and options), as a client
     process that just started has."""
-    return framework.connect(_target(port), options=[("gz.differential.fresh", next(_fresh))])
+    return gz.connect(_target(port), options=[("gz.differential.fresh", next(_fresh))])
 
 
 # How each client configuration makes its channel. gz_cold is made afresh for every call, so that
 # the call is made before the target is resolved and connected (the chained path).
 CHANNELS: dict[str, Callable[[int], grpc.aio.Channel]] = {
     "raw": lambda port: grpc.aio.insecure_channel(f"127.0.0.1:{port}"),
-    "gz_default": lambda port: framework.connect(_target(port)),
-    "gz_hot": lambda port: framework.connect(_target(port), settings=_hot_settings()),
-    "gz_middleware": lambda port: framework.connect(_target(port), middleware=[PassThrough()]),
+    "gz_default": lambda port: gz.connect(_target(port)),
+    "gz_hot": lambda port: gz.connect(_target(port), settings=_hot_settings()),
+    "gz_middleware": lambda port: gz.connect(_target(port), middleware=[PassThrough()]),
     "gz_cold": _cold,
 }
 GZ_CLIENTS = tuple(name for name in CHANNELS if name != "raw")

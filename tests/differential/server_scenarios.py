@@ -29,7 +29,7 @@ from unittest import mock
 
 import grpc
 
-import framework
+import gz
 
 from . import server_scenarios_pb2 as pb
 from . import server_scenarios_pb2_grpc as pb_grpc
@@ -572,12 +572,12 @@ class ScenarioServicer(pb_grpc.ScenariosServicer):
     # set_details("Method not implemented!"), raise NotImplementedError.
 
 
-class GzScenarios(framework.Service, ScenarioServicer):
+class GzScenarios(gz.Service, ScenarioServicer):
     """The same servicer as a gz Service."""
 
-    def __init__(self, settings: framework.ServerSettings) -> None:
+    def __init__(self, settings: gz.ServerSettings) -> None:
         ScenarioServicer.__init__(self)
-        framework.Service.__init__(self, settings)
+        gz.Service.__init__(self, settings)
 
 
 # -- the two servers ----------------------------------------------------------------------------
@@ -650,10 +650,10 @@ class Servers:
         self.raw.channel = grpc.aio.insecure_channel(self.raw.address)
 
         service = GzScenarios(
-            framework.ServerSettings(listen="127.0.0.1:0", shutdown_drain=0, shutdown_grace=1)
+            gz.ServerSettings(listen="127.0.0.1:0", shutdown_drain=0, shutdown_grace=1)
         )
         provider, self.spans = _private_tracing()
-        from framework.middleware import tracing
+        from gz.middleware import tracing
 
         patch = (
             mock.patch.object(tracing, "tracer_provider", lambda: provider)

@@ -1,6 +1,6 @@
 """Differential tests of gz's client channel: every call kind, and every method of grpc.aio's call
 object of that kind, played once through a raw grpc.aio channel and once through each
-framework.connect() configuration, against the same raw grpc.aio server; the caller must see the
+gz.connect() configuration, against the same raw grpc.aio server; the caller must see the
 same results (values, metadata, statuses, exceptions) at the same times (within 100 ms).
 
 gz configurations (tests/differential/client_scenarios.py): gz_default (connect(target), default

@@ -35,7 +35,7 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from framework.middleware.chain import Kind, Method
+from gz.middleware.chain import Kind, Method
 
 from .server_scenarios import (
     ASYNC_STYLES,
@@ -489,7 +489,7 @@ def test_deadline_expires_while_the_handler_sleeps(servers, method):
 
 def test_gz_serves_with_its_default_middleware(servers):
     """What the comparisons are worth: gz's calls went through its whole default chain."""
-    from framework.middleware.metrics import collector
+    from gz.middleware.metrics import collector
 
     differential(servers, "UnaryAsync", Script())
     assert servers.gz.servicer.server._default_middleware

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-import framework
+import gz
 
 from .service import GzAsyncTestService, GzSyncTestService
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["GZ_LISTEN"] = f"127.0.0.1:{args.port}"
     os.environ.setdefault("GZ_NAME", "interop")
     os.environ.setdefault("GZ_SHUTDOWN_DRAIN", "0")
-    return framework.run(GzSyncTestService if args.sync else GzAsyncTestService)
+    return gz.run(GzSyncTestService if args.sync else GzAsyncTestService)
 
 
 if __name__ == "__main__":

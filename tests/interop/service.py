@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-import framework
+import gz
 
 from .grpc_testing import empty_pb2, messages_pb2, test_pb2_grpc
 
@@ -249,9 +249,9 @@ class SyncTestService(test_pb2_grpc.TestServiceServicer):
             yield from self._respond(request, context, compression)
 
 
-class GzAsyncTestService(framework.Service, AsyncTestService):
+class GzAsyncTestService(gz.Service, AsyncTestService):
     """The async TestService as a gz Service."""
 
 
-class GzSyncTestService(framework.Service, SyncTestService):
+class GzSyncTestService(gz.Service, SyncTestService):
     """The sync TestService as a gz Service."""

@@ -1,5 +1,5 @@
 """gRPC's interop cases in every cell of servers (raw grpc.aio / gz, async / sync handlers) and
-clients (raw grpc.aio / framework.connect()), with gz's default middleware and again with bearer
+clients (raw grpc.aio / gz.connect()), with gz's default middleware and again with bearer
 auth on. The raw x raw cells are the control: a case failing only where gz takes part is a gz
 defect. See README.md."""
 
@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from grpc.aio import AioRpcError
 
-import framework
+import gz
 
 from .cases import CASES, Case
 from .grpc_testing import empty_pb2, test_pb2_grpc
@@ -40,7 +40,7 @@ SERVERS = {
 @dataclass(frozen=True)
 class Cell:
     server: str  # a key of SERVERS
-    client: str  # "raw" (grpc.aio.insecure_channel) or "gz" (framework.connect)
+    client: str  # "raw" (grpc.aio.insecure_channel) or "gz" (gz.connect)
     auth: bool = False  # bearer auth on: the server requires it, the client sends it
 
     def __str__(self) -> str:
@@ -109,7 +109,7 @@ class Hosted:
 async def start_server(kind: str, auth: bool) -> Hosted:
     if kind.startswith("gz"):
         service_class = GzAsyncTestService if kind == "gz-async" else GzSyncTestService
-        settings = framework.ServerSettings(
+        settings = gz.ServerSettings(
             listen="127.0.0.1:0", shutdown_drain=0, shutdown_grace=1, name="interop",
             auth_tokens=[TOKEN] if auth else [],
         )  # fmt: skip
@@ -211,8 +211,8 @@ async def open_channel(cell: Cell, address: str) -> grpc.aio.Channel:
     if cell.client == "raw":
         channel = grpc.aio.insecure_channel(address)
         return WithToken(channel) if cell.auth else channel
-    settings = framework.ClientSettings.from_env(auth_token=TOKEN if cell.auth else None)
-    channel = framework.connect(f"direct:///{address}", settings=settings)
+    settings = gz.ClientSettings.from_env(auth_token=TOKEN if cell.auth else None)
+    channel = gz.connect(f"direct:///{address}", settings=settings)
     # Calls then take the channel's steady path (a picker over a READY endpoint).
     await asyncio.wait_for(channel.channel_ready(), CASE_TIMEOUT)
     return channel

@@ -1,7 +1,7 @@
 """The blocking side: list and watch one service's EndpointSlices with the official client.
 
 Everything here runs in the resolver's worker thread. The ``kubernetes`` package is imported
-inside the functions, so that ``import framework`` (and even building a k8s resolver) never
+inside the functions, so that ``import gz`` (and even building a k8s resolver) never
 loads it; it is loaded by the first worker thread that needs it.
 """
 
