@@ -14,6 +14,7 @@ from .middleware.defaults import client_middleware
 from .middleware.retry import Retry, RetryPolicy
 from .settings import ClientSettings
 from .tls import channel_credentials, tls_options
+from .variables import warn_unknown_variables
 
 
 def connect(
@@ -47,6 +48,7 @@ def connect(
     docs/middleware.md) runs around ``middleware``; TLS comes from GZ_TLS_* unless
     ``credentials`` are given.
     """
+    warn_unknown_variables(once=True)  # a typo in a GZ_* name is otherwise silent
     settings = settings or ClientSettings.from_env()
     resolver = target if isinstance(target, Resolver) else build_resolver(target, settings)
     timeout = timeout if timeout is not None else settings.timeout

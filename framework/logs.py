@@ -25,6 +25,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+def count(number: int, noun: str) -> str:
+    """``1 endpoint``, ``2 endpoints``: a number and its noun, for log lines and command output."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -21,8 +20,10 @@ from .middleware.defaults import server_middleware
 from .middleware.handlers import wrap_method_handler
 from .netaddr import advertise_host, join_host_port, parse_host_port
 from .registration import Registration, registration_for
+from .servicers import generated_bases, unimplemented
 from .settings import ServerSettings
 from .tls import server_credentials
+from .variables import warn_unknown_variables
 
 if TYPE_CHECKING:
     from .probes import ProbeServer
@@ -62,6 +63,7 @@ class Server:
 
     async def start(self) -> None:
         """Listen, report SERVING, then register: a registered address never refuses calls."""
+        warn_unknown_variables()  # a typo in a GZ_* name is otherwise silent
         # grpc.aio objects belong to the running loop, so they are made here, not in __init__.
         middleware = self._middleware
         if self._default_middleware:
@@ -98,17 +100,21 @@ class Server:
     def _add_servicers(self, middleware: Sequence[Middleware]) -> list[str]:
         """Register every generated servicer base of the service, with ``middleware`` applied."""
         recorder = _RegistrationRecorder(self._server, middleware, self._executor)
-        for base in type(self.service).__mro__:
-            add = getattr(sys.modules.get(base.__module__), f"add_{base.__name__}_to_server", None)
-            if callable(add):
-                add(self.service, recorder)
-                recorder.flush()
+        for _, add in generated_bases(type(self.service)):
+            add(self.service, recorder)
+            recorder.flush()
+        name = type(self.service).__name__
         if not recorder.service_names:
-            name = type(self.service).__name__
             raise TypeError(
                 f"{name} has no generated servicer base class: declare it as "
                 f"class {name}(gz.Service, your_pb2_grpc.YourServicer)"
             )
+        missing = unimplemented(type(self.service))
+        if missing:  # e.g. an RPC added to the proto later: say so once, not on every call
+            log.warning(
+                "%s does not implement %s: they answer UNIMPLEMENTED; "
+                "gz gen --add-handlers writes stubs", name, ", ".join(missing),
+            )  # fmt: skip
         return recorder.service_names
 
     def _add_reflection(self, middleware: Sequence[Middleware]) -> None:

@@ -60,10 +60,11 @@ class Service:
         sys.exit(run(cls))
 
 
-def run(service_class: type[Service]) -> int:
-    """What ``Service.main()`` and ``gz run`` do; returns the process exit code."""
+def run(service_class: type[Service], **overrides: object) -> int:
+    """What ``Service.main()`` and ``gz run`` do; returns the process exit code. ``overrides``
+    win over the environment, as in ``from_env`` (``gz run --listen``)."""
     try:
-        settings = service_class.settings_class.from_env()
+        settings = service_class.settings_class.from_env(**overrides)
     except SettingsError as error:
         print(f"gz: {error}", file=sys.stderr)
         return 2

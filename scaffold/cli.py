@@ -12,21 +12,26 @@ import importlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 import gz
 from gz.discovery import Endpoint
 from gz.durations import parse_duration
+from gz.logs import count
+from gz.netaddr import parse_host_port
 
+from . import browse, endpoints, gen, handlers, health, kube, settings_report
 from . import call as calling
-from . import endpoints, gen, health, kube
 from .errors import BadInput, Failed
 from .kube_objects import Shutdown
 from .new import REGISTRY_MODES, NewService, create
-from .project import find_project, require_project
+from .project import Project, find_project, require_project
+from .schema import ProtoFiles
 
 
 class Duration(click.ParamType):
@@ -46,6 +51,23 @@ class Duration(click.ParamType):
 
 
 DURATION = Duration()
+
+
+class ListenAddress(click.ParamType):
+    """host:port to listen on, checked as GZ_LISTEN is."""
+
+    name = "host:port"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        try:
+            parse_host_port(str(value), listening=True)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+        return str(value)
+
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -59,15 +81,20 @@ class OneLineErrors(click.Group):
             result = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.UsageError as error:
             where = error.ctx.command_path if error.ctx else "gz"
-            click.echo(f"gz: {error.format_message()} (see {where} --help)", err=True)
+            click.echo(f"gz: {one_line(error.format_message())} (see {where} --help)", err=True)
             sys.exit(2)
         except click.ClickException as error:
-            click.echo(f"gz: {error.format_message()}", err=True)
+            click.echo(f"gz: {one_line(error.format_message())}", err=True)
             sys.exit(error.exit_code)
         except click.Abort:
             click.echo("gz: aborted", err=True)
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def one_line(message: str) -> str:
+    """click lists choices on lines of their own (a missing MODE): gz errors are one line."""
+    return " ".join(message.split())
 
 
 @click.group(name="gz", cls=OneLineErrors, context_settings=CONTEXT)
@@ -101,16 +128,16 @@ def new() -> None:
 @click.option(
     "--registry",
     type=click.Choice(list(REGISTRY_MODES)),
-    default="none",
+    default="dns",
     show_default=True,
-    help="How clients find it; picks the manifests in deploy/ (none: a Service).",
+    help="How clients find it; picks the manifests in deploy/ (dns: a headless Service, "
+    "none: a ClusterIP Service).",
 )
 @click.option("--force", is_flag=True, help="Write into a directory that is not empty.")
 @click.option(
     "--gz-requirement",
-    default="gz",
-    show_default=True,
-    help='The dependency on gz in pyproject.toml, e.g. "gz @ file:///src/gz".',
+    help='The dependency on gz in pyproject.toml, e.g. "gz @ file:///src/gz" (default: '
+    "gz>=VERSION, and a wheel of this gz in wheels/ unless it came from a package index).",
 )
 def new_service(
     name: str,
@@ -118,42 +145,79 @@ def new_service(
     proto: Path | None,
     registry: str,
     force: bool,
-    gz_requirement: str,
+    gz_requirement: str | None,
 ) -> None:
     """A service project NAME: proto, stubs, service, client, tests, Dockerfile, manifests.
 
-    Example: gz new service hello && cd hello && pip install -e '.[test]' && pytest
+    Example: gz new service hello; then the install and test commands it prints.
     """
     request = NewService(name, directory or Path(name), proto, registry, force, gz_requirement)
-    files = create(request)
+    created = create(request)
     click.echo(f"created {request.directory}/ with:")
-    for path in files:
+    for path in created.files:
         click.echo(f"  {path}")
-    click.echo(f"next: cd {request.directory} && pip install -e '.[test]' && pytest && gz run")
+    click.echo(f"next: cd {request.directory} && {created.install} && pytest && gz run")
 
 
 # -- gz gen ------------------------------------------------------------------------------------
 @main.command("gen")
 @click.argument("protos", nargs=-1, type=click.Path(path_type=Path))
-def gen_command(protos: tuple[Path, ...]) -> None:
+@click.option(
+    "--add-handlers",
+    is_flag=True,
+    help="Append a stub to the service class for each RPC it does not implement.",
+)
+def gen_command(protos: tuple[Path, ...], add_handlers: bool) -> None:
     """Regenerate Python stubs (_pb2.py, .pyi, _pb2_grpc.py) with package-relative imports.
 
     Without PROTOS: every .proto in the package of the project here (from pyproject.toml).
+    In a project, then lists the RPCs its service class does not implement (they answer
+    UNIMPLEMENTED); --add-handlers writes a stub for each into the class instead.
     """
+    project = find_project()
     if not protos:
-        project = require_project("gz gen")
+        project = require_project("gz gen", "the .proto files")
         protos = tuple(gen.protos_in(project.package_dir))
         if not protos:
             raise BadInput(f"no .proto in {project.package_dir}; name the files: gz gen FILE.proto")
+    elif add_handlers and project is None:
+        project = require_project("gz gen --add-handlers", "the service")
     for path in gen.generate(protos):
         click.echo(f"wrote {os.path.relpath(path)}")
+    if project is not None:
+        _check_handlers(project, add_handlers)
+
+
+def _check_handlers(project: Project, add: bool) -> None:
+    """After the stubs: the RPCs the service class lacks, or (``add``) a stub for each."""
+    try:
+        service_class = load_service(project.service, project.root)
+    except BadInput as error:
+        if add:
+            raise
+        # the stubs are written; a service that does not import here must not fail gz gen
+        click.echo(f"gz: {error.format_message()}; its RPCs were not checked", err=True)
+        return
+    for line in handlers.check(project, service_class, add):
+        click.echo(line)
 
 
 # -- gz run ------------------------------------------------------------------------------------
 @main.command()
 @click.argument("service", metavar="[MODULE:CLASS]", required=False)
 @click.option("--reload", is_flag=True, help="Restart when a .py or .proto file changes.")
-def run(service: str | None, reload: bool) -> None:
+@click.option(
+    "--listen",
+    type=ListenAddress(),
+    metavar="HOST:PORT",
+    help="Listen here instead of GZ_LISTEN, e.g. 127.0.0.1:9000.",
+)
+@click.option(
+    "--print-settings",
+    is_flag=True,
+    help="Print the settings the service would run with (as gz settings does) and exit.",
+)
+def run(service: str | None, reload: bool, listen: str | None, print_settings: bool) -> None:
     """Run a service: a gz.Service subclass as MODULE:CLASS.
 
     Example: gz run examples.greeter.server:Greeter. Without MODULE:CLASS, the [tool.gz]
@@ -161,17 +225,43 @@ def run(service: str | None, reload: bool) -> None:
     SIGTERM drains and exits 0.
     """
     if service is None:
-        project = require_project("gz run")
+        project = require_project("gz run", "MODULE:CLASS")
         service = project.service
     else:
         project = find_project()
     root = project.root if project is not None else Path.cwd()
     service_class = load_service(service, root)  # bad input fails here, before any child
+    overrides = {"listen": listen} if listen else {}
+    if print_settings:
+        options = {field: (f"--{field}", value) for field, value in overrides.items()}
+        lines = settings_report.report(service_class.settings_class, service, options)
+        click.echo("\n".join(lines))
+        return
     if reload:
         from .reload import run_with_reload
 
-        sys.exit(run_with_reload(service, root))
-    sys.exit(gz.run(service_class))
+        sys.exit(run_with_reload(service, root, ["--listen", listen] if listen else []))
+    sys.exit(gz.run(service_class, **overrides))
+
+
+# -- gz settings -------------------------------------------------------------------------------
+@main.command("settings")
+@click.argument("service", metavar="[MODULE:CLASS]", required=False)
+def settings_command(service: str | None) -> None:
+    """Print the effective server and client settings and where each came from.
+
+    Each is the default, from the environment (the variable is named), or from code (the
+    service's settings_class changes gz's default). Tokens and passwords show as ***. Without
+    MODULE:CLASS, the [tool.gz] service of the project here, if any.
+    """
+    project = find_project()
+    service = service or (project.service if project is not None else None)
+    if service is None:
+        click.echo("\n".join(settings_report.report()))
+        return
+    root = project.root if project is not None else Path.cwd()
+    service_class = load_service(service, root)
+    click.echo("\n".join(settings_report.report(service_class.settings_class, service)))
 
 
 def load_service(spec: str, root: Path) -> type[gz.Service]:
@@ -182,7 +272,7 @@ def load_service(spec: str, root: Path) -> type[gz.Service]:
         sys.path.insert(0, str(root))
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except (ImportError, SyntaxError) as error:
         raise BadInput(f"cannot import {module_name!r}: {error}") from None
     service = getattr(module, class_name, None)
     if not (isinstance(service, type) and issubclass(service, gz.Service)):
@@ -245,7 +335,12 @@ Example: gz kube headless --name greeter --image greeter:0.1.0 -o deploy/""",
     show_default=True,
     help="GZ_METRICS_PORT, with Prometheus scrape annotations; 0: none.",
 )
-@click.option("--envoy-image", default=kube.envoy.IMAGE, show_default=True)
+@click.option(
+    "--envoy-image",
+    default=kube.envoy.IMAGE,
+    show_default=True,
+    help="envoy/envoy-sidecar: the Envoy image.",
+)
 @click.option(
     "--client", default="", help="endpoints/envoy-sidecar: the client's name (default NAME-client)."
 )
@@ -259,7 +354,9 @@ Example: gz kube headless --name greeter --image greeter:0.1.0 -o deploy/""",
     help="Run the service's pods as this ServiceAccount with its token mounted, for a service "
     "that calls others through k8s://; endpoints: also bound to the EndpointSlice reader Role.",
 )
+@click.pass_context
 def kube_command(
+    ctx: click.Context,
     output: Path | None,
     prestop: float,
     drain: float,
@@ -267,6 +364,9 @@ def kube_command(
     metrics_port: int,
     **fields: Any,
 ) -> None:
+    defaulted = (None, ParameterSource.DEFAULT)
+    given = [name for name in fields if ctx.get_parameter_source(name) not in defaulted]
+    kube.check_options(fields["mode"], given)
     spec = kube.KubeSpec(
         shutdown=Shutdown(prestop=prestop, drain=drain, grace=grace),
         metrics_port=metrics_port or None,
@@ -296,6 +396,9 @@ def kube_command(
 def resolve(target: str, watch: bool, as_json: bool, timeout: float) -> None:
     """Print the endpoints TARGET resolves to, as a client would see them.
 
+    Exits 1 when TARGET has no endpoints; with --watch an empty set is printed like any other
+    (a service may be starting) and gz keeps watching.
+
     Example: gz resolve etcd:///greeter --watch
     """
     resolver = endpoints.resolver_for(target)
@@ -305,58 +408,208 @@ def resolve(target: str, watch: bool, as_json: bool, timeout: float) -> None:
         if as_json:
             click.echo(json.dumps({"target": resolver.target, "endpoints": addresses}))
             return
-        click.echo(f"{resolver.target}: {len(addresses)} endpoints")
+        click.echo(f"{resolver.target}: {count(len(addresses), 'endpoint')}")
         for address in addresses:
             click.echo(f"  {address}")
 
     def complain(message: str) -> None:
-        click.echo(f"error: {message}", err=True)
+        click.echo(f"gz: {message}", err=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         if watch:
             asyncio.run(endpoints.watch(resolver, show, complain))
         else:
-            show(asyncio.run(endpoints.first_set(resolver, timeout)))
+            found = asyncio.run(endpoints.first_set(resolver, timeout))
+            show(found)
+            if not found:  # as for gz health: nothing to call is a failure, not an answer
+                raise Failed(f"{resolver.target}: no endpoints")
 
 
-# -- gz call -----------------------------------------------------------------------------------
+# -- gz call, gz list, gz describe ------------------------------------------------------------
+def _server_options(command: Any) -> Any:
+    """-H, --proto, -I and --timeout: what gz call, gz list and gz describe share."""
+    options = [
+        click.option(
+            "-H",
+            "--header",
+            "headers",
+            multiple=True,
+            metavar="'KEY: VALUE'",
+            help="Metadata for the call and for reflection; a -bin key takes base64. Repeatable.",
+        ),
+        click.option(
+            "--proto",
+            "protos",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            metavar="FILE",
+            help="Take services and messages from this .proto, not from server reflection. "
+            "Repeatable.",
+        ),
+        click.option(
+            "-I",
+            "--import-path",
+            "includes",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            metavar="DIR",
+            help="Where --proto files and their imports are found. Repeatable.",
+        ),
+        click.option(
+            "--timeout",
+            type=DURATION,
+            default="10s",
+            show_default=True,
+            help="The deadline of the call and of each reflection request.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True)
+class _Server:
+    """A TARGET and how to talk to it, checked before anything is sent: bad input exits 2."""
+
+    resolver: gz.Resolver
+    settings: gz.ClientSettings
+    metadata: list[tuple[str, str | bytes]]
+    protos: ProtoFiles | None
+
+    @classmethod
+    def of(
+        cls,
+        target: str,
+        headers: tuple[str, ...],
+        protos: tuple[Path, ...],
+        includes: tuple[Path, ...],
+    ) -> _Server:
+        settings = endpoints.client_settings()  # a bad GZ_* value is bad input: exit 2
+        resolver = endpoints.resolver_for(target, settings)  # so is a malformed target
+        metadata = [calling.parse_header(text) for text in headers]
+        if includes and not protos:
+            raise BadInput("-I says where --proto files are: give --proto FILE too")
+        return cls(resolver, settings, metadata, ProtoFiles(protos, includes) if protos else None)
+
+
 @main.command("call")
 @click.argument("target")
 @click.argument("method")
-@click.argument("request", metavar="[JSON]", default="{}")
+@click.argument("request", metavar="[JSON]", required=False)
 @click.option(
-    "-H",
-    "--header",
-    "headers",
-    multiple=True,
-    metavar="'KEY: VALUE'",
-    help="Request metadata; may be repeated.",
+    "-d",
+    "--data",
+    metavar="JSON|@",
+    help="The request instead of the JSON argument; @ reads it from standard input.",
 )
-@click.option("--timeout", type=DURATION, default="10s", show_default=True)
+@click.option("--emit-defaults", is_flag=True, help="Print fields that hold their default value.")
+@_server_options
 def call_command(
-    target: str, method: str, request: str, headers: tuple[str, ...], timeout: float
+    target: str,
+    method: str,
+    request: str | None,
+    data: str | None,
+    emit_defaults: bool,
+    headers: tuple[str, ...],
+    protos: tuple[Path, ...],
+    includes: tuple[Path, ...],
+    timeout: float,
 ) -> None:
-    """Call METHOD on TARGET with a JSON request; print each reply as a JSON line.
+    """Call METHOD on TARGET: a JSON request in, the replies out as JSON.
 
-    METHOD is package.Service/Method, Service/Method or just Method; the server's reflection
-    describes the messages. JSON "-" reads standard input; a client-streaming method takes an
-    array of requests. Any target works, through discovery and balancing.
+    TARGET is host:port, or any gz target (etcd:///greeter, k8s://..., a bare name): the call
+    goes through discovery and balancing. METHOD is package.Service/Method, Service/Method or
+    just Method; server reflection (or --proto) describes the messages. JSON defaults to {};
+    "-" or -d @ reads it from standard input. A client-streaming method takes several JSON
+    objects one after another, or an array. One reply is printed indented; a stream of replies
+    one JSON object per line.
 
-    Example: gz call etcd:///greeter SayHello '{"name": "gz"}'
+    Example: gz call 127.0.0.1:8080 SayHello '{"name": "gz"}'
     """
-    settings = endpoints.client_settings()  # a bad GZ_* value is bad input: exit 2
-    resolver = endpoints.resolver_for(target, settings)  # so is a malformed target
-    if request == "-":
-        request = sys.stdin.read()
-    metadata = [_header(text) for text in headers]
-    asyncio.run(calling.call(resolver, method, request, timeout, metadata, click.echo, settings))
+    server = _Server.of(target, headers, protos, includes)
+    text = _request_text(request, data)
+    asyncio.run(
+        calling.call(
+            server.resolver,
+            method,
+            text,
+            timeout,
+            server.metadata,
+            click.echo,
+            server.settings,
+            protos=server.protos,
+            emit_defaults=emit_defaults,
+        )
+    )
 
 
-def _header(text: str) -> tuple[str, str]:
-    key, colon, value = text.partition(":")
-    if not colon or not key.strip():
-        raise BadInput(f"header {text!r} is not 'KEY: VALUE'")
-    return key.strip().lower(), value.strip()
+def _request_text(argument: str | None, data: str | None) -> str:
+    if argument is not None and data is not None:
+        raise BadInput("give the request once: as the JSON argument or with -d")
+    if data is not None and data.startswith("@") and data != "@":
+        raise BadInput(f"-d {data}: -d @ reads standard input; for a file: -d @ < {data[1:]}")
+    if argument == "-" or data == "@":
+        return sys.stdin.read()
+    return argument or data or "{}"
+
+
+@main.command("list")
+@click.argument("target")
+@click.argument("service", required=False)
+@_server_options
+def list_command(
+    target: str,
+    service: str | None,
+    headers: tuple[str, ...],
+    protos: tuple[Path, ...],
+    includes: tuple[Path, ...],
+    timeout: float,
+) -> None:
+    """List the services of TARGET, or the methods of SERVICE: full names, one a line.
+
+    Server reflection says what there is; with --proto the files do and TARGET is not asked.
+
+    Example: gz list 127.0.0.1:8080 greeter.v1.Greeter
+    """
+    server = _Server.of(target, headers, protos, includes)
+    names = asyncio.run(
+        browse.list_names(
+            server.resolver, service, timeout, server.metadata, server.settings, server.protos
+        )
+    )
+    for name in names:
+        click.echo(name)
+
+
+@main.command("describe")
+@click.argument("target")
+@click.argument("symbol", required=False)
+@_server_options
+def describe_command(
+    target: str,
+    symbol: str | None,
+    headers: tuple[str, ...],
+    protos: tuple[Path, ...],
+    includes: tuple[Path, ...],
+    timeout: float,
+) -> None:
+    """Describe SYMBOL as proto source: a service, method, message or enum.
+
+    SYMBOL is a full name (pkg.Service, pkg.Service.Method, pkg.Message); without it, every
+    service is described.
+
+    Server reflection says what there is; with --proto the files do and TARGET is not asked.
+
+    Example: gz describe 127.0.0.1:8080 greeter.v1.HelloRequest
+    """
+    server = _Server.of(target, headers, protos, includes)
+    text = asyncio.run(
+        browse.describe(
+            server.resolver, symbol, timeout, server.metadata, server.settings, server.protos
+        )
+    )
+    click.echo(text)
 
 
 # -- gz health ---------------------------------------------------------------------------------
@@ -383,7 +636,7 @@ def health_command(target: str, service: str, timeout: float) -> None:
     if not statuses:
         raise Failed(f"{resolver.target}: no endpoints")
     if bad:
-        raise Failed(f"{len(bad)} of {len(statuses)} endpoints not SERVING")
+        raise Failed(f"{len(bad)} of {count(len(statuses), 'endpoint')} not SERVING")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 
 import gz
@@ -19,13 +20,22 @@ def client_settings() -> gz.ClientSettings:
         raise BadInput(str(error)) from None
 
 
-def resolver_for(
-    target: str, settings: gz.ClientSettings | None = None
-) -> gz.Resolver:
+def resolver_for(target: str, settings: gz.ClientSettings | None = None) -> gz.Resolver:
+    """Every gz command's TARGET: a full target, a bare name, or ``host:port`` as grpcurl takes."""
     try:
-        return build_resolver(target, settings)
+        return build_resolver(cli_target(target), settings)
     except ValueError as error:
         raise BadInput(str(error)) from None
+
+
+# host:port or [v6]:port with a numeric port; "greeter" and "greeter:grpc" stay bare names
+_ADDRESS = re.compile(r"^(\[[^\]]*\]|[^:/\[\]]+):[0-9]+$")
+
+
+def cli_target(text: str) -> str:
+    """``host:port`` and ``[::1]:port`` mean ``direct:///host:port``; anything else is as given."""
+    stripped = text.strip()
+    return f"direct:///{stripped}" if _ADDRESS.match(stripped) else text
 
 
 class _Collector(Listener):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -30,7 +30,7 @@ def generate(protos: Iterable[Path]) -> list[Path]:
         proto = _existing_proto(proto)
         directory = proto.parent
         _protoc(
-            proto,
+            [proto],
             f"--python_out={directory}",
             f"--pyi_out={directory}",
             f"--grpc_python_out={directory}",
@@ -41,12 +41,13 @@ def generate(protos: Iterable[Path]) -> list[Path]:
     return written
 
 
-def describe(proto: Path) -> descriptor_pb2.FileDescriptorSet:
-    """The descriptors of ``proto`` and everything it imports (imports first)."""
-    proto = _existing_proto(proto)
+def describe(*protos: Path, includes: Sequence[Path] = ()) -> descriptor_pb2.FileDescriptorSet:
+    """The descriptors of ``protos`` and everything they import (imports first); ``includes``
+    are import directories searched before each proto's own."""
+    found = [_existing_proto(proto) for proto in protos]
     with tempfile.TemporaryDirectory(prefix="gz-gen-") as scratch:
         out = Path(scratch) / "descriptors.pb"
-        _protoc(proto, f"--descriptor_set_out={out}", "--include_imports")
+        _protoc(found, f"--descriptor_set_out={out}", "--include_imports", includes=includes)
         return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
 
 
@@ -63,16 +64,26 @@ def _existing_proto(proto: Path) -> Path:
     return proto.resolve()
 
 
-def _protoc(proto: Path, *outputs: str) -> None:
-    from grpc_tools import protoc  # a compiler extension only gz gen and gz new need
+def _protoc(protos: Sequence[Path], *outputs: str, includes: Sequence[Path] = ()) -> None:
+    from grpc_tools import protoc  # a compiler extension only gz gen, new and call need
 
     well_known = resources.files("grpc_tools") / "_proto"  # google/protobuf/*.proto
-    arguments = ["grpc_tools.protoc", f"-I{proto.parent}", f"-I{well_known}", *outputs, str(proto)]
+    directories = dict.fromkeys([*includes, *(proto.parent for proto in protos)])
+    arguments = [
+        "grpc_tools.protoc",
+        *(f"-I{directory}" for directory in directories),
+        f"-I{well_known}",
+        *outputs,
+        *map(str, protos),
+    ]
     with held_stderr() as held:  # protoc's C++ code writes there: say one clear line instead
         status = protoc.main(arguments)
     if status != 0:
         lines = [line for line in held.text.splitlines() if line.strip()] or ["protoc failed"]
-        raise BadInput(f"{proto.name}: {lines[0].replace(str(proto.parent) + os.sep, '')}")
+        problem = lines[0]
+        for directory in directories:
+            problem = problem.replace(f"{directory}{os.sep}", "")
+        raise BadInput(f"{', '.join(proto.name for proto in protos)}: {problem}")
 
 
 def _make_imports_relative(stub: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,26 @@ MODES: dict[str, str] = {
     "mesh": "Deployment + Service with appProtocol grpc, Istio sidecar injection and a "
     "DestinationRule (LEAST_REQUEST, outlier detection)",
 }
+
+# Options that only some modes use (KubeSpec field -> those modes); every other option applies to
+# every mode. gz kube refuses one given for another mode rather than silently ignore it.
+MODE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "max_connection_age": ("service",),
+    "etcd_endpoints": ("etcd",),
+    "envoy_image": ("envoy", "envoy-sidecar"),
+    "client": ("endpoints", "envoy-sidecar"),
+    "client_image": ("envoy-sidecar",),
+}
+
+
+def check_options(mode: str, given: Iterable[str]) -> None:
+    """BadInput naming the first of the ``given`` fields that ``mode`` does not use."""
+    for name in given:
+        modes = MODE_OPTIONS.get(name, (mode,))
+        if mode not in modes:
+            which = " and ".join(modes) + (" modes" if len(modes) > 1 else " mode")
+            option = "--" + name.replace("_", "-")
+            raise BadInput(f"{option} applies to the {which} only, not {mode}: leave it out")
 
 
 @dataclass(frozen=True)

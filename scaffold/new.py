@@ -6,14 +6,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gen, kube
+from . import gen, kube, wheel
 from .errors import BadInput
 from .names import class_name, package_name, service_name
 from .protos import ProtoFile, read_proto
 from .templates import render
 
 # which `gz kube` mode deploys a service that clients find through each registry
-REGISTRY_MODES = {"none": "service", "dns": "headless", "k8s": "endpoints", "etcd": "etcd"}
+REGISTRY_MODES = {"dns": "headless", "none": "service", "k8s": "endpoints", "etcd": "etcd"}
 PORT = 8080
 
 
@@ -22,17 +22,30 @@ class NewService:
     name: str
     directory: Path
     proto: Path | None = None  # None: the example proto
-    registry: str = "none"
+    registry: str = "dns"  # a headless Service: per-call balancing by gz clients, no RBAC
     force: bool = False
-    gz_requirement: str = "gz"
+    gz_requirement: str | None = None  # None: the running gz's (see wheel.py)
 
     @property
     def package(self) -> str:
         return package_name(self.name)
 
 
-def create(request: NewService) -> list[Path]:
-    """Write the project; returns the files written, relative to its directory."""
+@dataclass(frozen=True)
+class Created:
+    files: list[Path]  # relative to the project's directory
+    install: str  # the command that installs it, with its tests' dependencies
+
+
+def install_command(dependency: wheel.GzDependency) -> str:
+    """``pip install -e '.[test]'``, naming the bundled gz wheel if there is one: an explicit
+    file is the only gz pip considers, so a gz on an index can never replace it."""
+    command = "pip install -e '.[test]'"
+    return f"{command} {dependency.wheel}" if dependency.wheel else command
+
+
+def create(request: NewService) -> Created:
+    """Write the project."""
     name = service_name(request.name)
     root = request.directory.resolve()
     if root.exists() and not root.is_dir():
@@ -44,6 +57,12 @@ def create(request: NewService) -> list[Path]:
     package_dir.mkdir(parents=True, exist_ok=True)
     names = {"name": name, "package": request.package, "class_name": class_name(name)}
     proto = _place_proto(source, package_dir, names)
+    dependency = (
+        wheel.GzDependency(request.gz_requirement)
+        if request.gz_requirement is not None
+        else wheel.dependency(root)
+    )
+    install = install_command(dependency)
     written = [*gen.generate([proto.path, *proto.siblings])]
     spec = kube.KubeSpec(
         mode=REGISTRY_MODES[request.registry], name=name, image=f"{name}:0.1.0", port=PORT
@@ -56,7 +75,9 @@ def create(request: NewService) -> list[Path]:
         "mode": spec.mode,
         "port": PORT,
         "cluster_target": kube.client_target(spec),
-        "gz_requirement": request.gz_requirement,
+        "gz_requirement": dependency.requirement,
+        "gz_wheel": dependency.wheel,
+        "install": install,
     }
     files = {
         "pyproject.toml": "pyproject.toml.j2",
@@ -75,7 +96,8 @@ def create(request: NewService) -> list[Path]:
     (package_dir / "__init__.py").write_text(f'"""The {name} service."""\n', encoding="utf-8")
     written += [package_dir / "__init__.py", proto.path, *proto.siblings]
     written += kube.write(kube.build(spec), root / "deploy")
-    return sorted({path.resolve().relative_to(root) for path in written})
+    written += [root / dependency.wheel] if dependency.wheel else []
+    return Created(sorted({path.resolve().relative_to(root) for path in written}), install)
 
 
 def _place_proto(source: ProtoFile | None, package_dir: Path, names: dict[str, str]) -> ProtoFile:

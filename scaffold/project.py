@@ -45,11 +45,12 @@ def find_project(start: Path | None = None) -> Project | None:
     return None
 
 
-def require_project(what: str) -> Project:
+def require_project(what: str, naming: str = "it") -> Project:
+    """The project here; BadInput saying to run ``what`` inside one or name ``naming``."""
     project = find_project()
     if project is None:
         raise BadInput(
-            f'{what}: no pyproject.toml with [tool.gz] service = "pkg.server:Class" here or '
-            "above; run it inside a project made by `gz new service`, or name it explicitly"
+            f'no pyproject.toml with [tool.gz] service = "pkg.server:Class" here or above: run '
+            f"`{what}` inside a project made by `gz new service`, or name {naming} explicitly"
         )
     return project

@@ -1,20 +1,20 @@
-"""Find a method and its message classes through gRPC server reflection (grpc.reflection.v1alpha,
-which gz servers enable), over any channel: a BalancedChannel works, so etcd:// and k8s:// do."""
+"""Services and messages through gRPC server reflection (grpc.reflection.v1alpha, which gz
+servers enable), over any channel: a BalancedChannel works, so etcd:// and k8s:// do."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from .errors import BadInput, Failed
+from .schema import Schema
 
-_NOT_CALLABLE = {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+_NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
 
 
 async def stream_of(messages: list[Any]) -> AsyncIterator[Any]:
@@ -23,37 +23,37 @@ async def stream_of(messages: list[Any]) -> AsyncIterator[Any]:
         yield message
 
 
-@dataclass(frozen=True)
-class FoundMethod:
-    descriptor: MethodDescriptor
-    request: type[Any]
-    reply: type[Any]
-
-    @property
-    def path(self) -> str:
-        """/package.Service/Method, as it goes on the wire."""
-        return f"/{self.descriptor.containing_service.full_name}/{self.descriptor.name}"
+class _Unknown(BadInput):
+    """Reflection does not know the symbol asked about."""
 
 
-class Reflection:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+class Reflection(Schema):
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        timeout: float,
+        metadata: list[tuple[str, str | bytes]] | None = None,
+    ) -> None:
+        super().__init__()
         self._stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         self._timeout = timeout
-        self._pool = descriptor_pool.DescriptorPool()
+        self._metadata = metadata or None  # -H headers go to reflection too, as with grpcurl
         self._files: set[str] = set()
 
     async def _ask(self, **question: str) -> reflection_pb2.ServerReflectionResponse:
         request = reflection_pb2.ServerReflectionRequest(**question)
         answers = []
         try:
-            call = self._stub.ServerReflectionInfo(stream_of([request]), timeout=self._timeout)
+            call = self._stub.ServerReflectionInfo(
+                stream_of([request]), timeout=self._timeout, metadata=self._metadata
+            )
             # read to the end: the server closes the stream once our one request is answered
             answers = [response async for response in call]
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                 raise Failed(
-                    "the server does not offer server reflection; gz servers do, "
-                    "other servers must enable grpc_reflection"
+                    "the server does not offer server reflection: give its protos with "
+                    "--proto (gz servers have reflection unless GZ_REFLECTION=false)"
                 ) from None
             problem = f"{error.code().name}: {error.details()}"
             raise Failed(f"server reflection failed: {problem}") from None
@@ -61,49 +61,25 @@ class Reflection:
             raise Failed("server reflection gave no answer")
         if answers[0].HasField("error_response"):
             error = answers[0].error_response
-            raise BadInput(f"server reflection: {error.error_message or error.error_code}")
+            unknown = _Unknown if error.error_code == _NOT_FOUND else BadInput
+            raise unknown(f"server reflection: {error.error_message or error.error_code}")
         return answers[0]
 
     async def services(self) -> list[str]:
         response = await self._ask(list_services="")
-        names = [service.name for service in response.list_services_response.service]
-        return [name for name in names if name not in _NOT_CALLABLE]
+        return sorted(service.name for service in response.list_services_response.service)
 
-    async def method(self, name: str) -> FoundMethod:
-        """``pkg.Service/Method``, ``pkg.Service.Method``, ``Service/Method`` or ``Method``."""
-        service_name, method_name = await self._qualify(name)
-        await self._load(file_containing_symbol=service_name)
-        service = self._pool.FindServiceByName(service_name)
-        method = service.methods_by_name.get(method_name)
-        if method is None:
-            known = ", ".join(sorted(service.methods_by_name))
-            raise BadInput(f"{service_name} has no method {method_name!r}; it has {known}")
-        return FoundMethod(
-            method,
-            message_factory.GetMessageClass(method.input_type),
-            message_factory.GetMessageClass(method.output_type),
-        )
-
-    async def _qualify(self, name: str) -> tuple[str, str]:
-        if "/" in name:
-            service, _, method = name.lstrip("/").rpartition("/")
-        else:
-            service, _, method = name.rpartition(".")
-        services = await self.services()
-        if service:
-            matches = [s for s in services if s == service or s.endswith(f".{service}")]
-        else:  # a bare method name: whichever service has it
-            matches = []
-            for candidate in services:
-                await self._load(file_containing_symbol=candidate)
-                if method in self._pool.FindServiceByName(candidate).methods_by_name:
-                    matches.append(candidate)
-        if len(matches) != 1:
-            problem = "no service offers" if not matches else "more than one service offers"
-            raise BadInput(
-                f"{problem} {name!r}; write it as SERVICE/METHOD with one of: {', '.join(services)}"
-            )
-        return matches[0], method
+    async def load(self, symbol: str) -> None:
+        """Python's reflection does not find a method by name: then its service is asked for.
+        An unknown symbol is left out; Schema.symbol says what is missing."""
+        with contextlib.suppress(KeyError):
+            self.pool.FindFileContainingSymbol(symbol)
+            return  # loaded already
+        for name in (symbol, symbol.rpartition(".")[0]):
+            with contextlib.suppress(_Unknown):
+                if name:
+                    await self._load(file_containing_symbol=name)
+                return
 
     async def _load(self, **question: str) -> None:
         """Add the file answering ``question`` and everything it imports to the pool."""
@@ -125,6 +101,6 @@ class Reflection:
                 await self._load(file_by_filename=missing)
                 continue
             for proto in ready:
-                self._pool.Add(proto)
+                self.pool.Add(proto)
                 self._files.add(proto.name)
                 del pending[proto.name]

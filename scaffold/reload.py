@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -44,11 +45,12 @@ def changed(before: dict[Path, int], after: dict[Path, int]) -> set[Path]:
     return {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
 
 
-def run_with_reload(spec: str, root: Path) -> int:
-    """Serve ``spec`` until interrupted, restarting on every change under ``root``."""
+def run_with_reload(spec: str, root: Path, options: Sequence[str] = ()) -> int:
+    """Serve ``spec`` until interrupted, restarting on every change under ``root``; each child
+    ``gz run`` gets ``options`` (``--listen``)."""
     # a development loop should restart at once, not drain for the production default
     env = {"GZ_SHUTDOWN_DRAIN": "0", **os.environ}
-    command = [sys.executable, "-m", "gz.scaffold.cli", "run", spec]
+    command = [sys.executable, "-m", "gz.scaffold.cli", "run", spec, *options]
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # -> finally: stop the child
     child: subprocess.Popen[bytes] | None = None
     try:

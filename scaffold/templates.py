@@ -15,7 +15,7 @@ def environment() -> jinja2.Environment:
     import jinja2  # only gz new and the envoy modes of gz kube render: keep gz start-up light
 
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("scaffold", "templates"),
+        loader=jinja2.PackageLoader("gz.scaffold", "templates"),
         undefined=jinja2.StrictUndefined,  # a missing variable is a bug, never an empty string
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -33,3 +33,8 @@ def snake_case(name: str) -> str:
 
 def render(template: str, **context: Any) -> str:
     return environment().get_template(template).render(**context)
+
+
+def render_macro(template: str, macro: str, *args: Any) -> str:
+    """One macro of ``template``: a piece that a template also renders, e.g. a stub handler."""
+    return str(getattr(environment().get_template(template).module, macro)(*args))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,15 @@ from examples.greeter.server import Greeter
 
 from .etcd_server import EtcdServer
 from .support import ServerProcess, start_greeter
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Only the variables a test sets: the developer's own GZ_* must not leak in."""
+    for name in os.environ:
+        if name.startswith("GZ_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
 
 
 @pytest.fixture

@@ -185,9 +185,7 @@ async def test_a_rolling_restart_under_load_fails_no_call(server_process):
             return await call_next(ctx, request)
 
     settings = hot_path_settings()
-    async with gz.connect(
-        resolver, middleware=[CountAttempts()], settings=settings
-    ) as channel:
+    async with gz.connect(resolver, middleware=[CountAttempts()], settings=settings) as channel:
         await all_ready(channel, 3)
         stub = greeter_pb2_grpc.GreeterStub(channel)
         request = greeter_pb2.HelloRequest(name="rolling", delay_seconds=0.02)

@@ -388,9 +388,7 @@ async def test_grpc_interceptors_run(server, middleware):
     methods: list[str] = []
     interceptors = [UnaryRecorder(methods), StreamRecorder(methods)]
     target = f"direct:///{server.address}"
-    async with gz.connect(
-        target, interceptors=interceptors, middleware=middleware
-    ) as channel:
+    async with gz.connect(target, interceptors=interceptors, middleware=middleware) as channel:
         await channel.channel_ready()
         call = stub(channel).SayHello(Request(name="i"))
         assert (await call).message == "Hello, i!"

@@ -74,9 +74,7 @@ async def test_a_failed_endpoint_triggers_a_lookup_long_before_the_refresh():
     resolver = DnsResolver("greeter.test", port, refresh=30.0, lookup=dns.lookup)
     try:
         # Without health checks only the lost connection can tell the channel.
-        async with gz.connect(
-            resolver, health_check=False, balancer="round_robin"
-        ) as channel:
+        async with gz.connect(resolver, health_check=False, balancer="round_robin") as channel:
             await all_ready(channel, 2)
             assert await served_by(channel) == {first, second}
             assert dns.lookups == 1

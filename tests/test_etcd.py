@@ -94,9 +94,7 @@ async def test_replicas_register_in_go_zero_format_and_calls_spread(server_proce
         lease_id = key.removeprefix("greeter/")
         assert lease_id.isdigit() and etcd.lease_of(key) == int(lease_id)
         assert 0 < etcd.lease_ttl(int(lease_id)) <= TTL
-    async with gz.connect(
-        f"etcd://{etcd.endpoint}/greeter", balancer="round_robin"
-    ) as channel:
+    async with gz.connect(f"etcd://{etcd.endpoint}/greeter", balancer="round_robin") as channel:
         await all_ready(channel, 3)
         served = await count_replicas(channel, 150)
     assert set(served) == {r.address for r in replicas}
@@ -512,7 +510,7 @@ async def test_gz_resolve_watch_prints_a_new_replica(server_process, etcd):
         return [(await asyncio.wait_for(line, 20)).rstrip("\n") for line in read]
 
     try:
-        assert await lines(2) == [f"{target}: 1 endpoints", f"  {first.address}"]
+        assert await lines(2) == [f"{target}: 1 endpoint", f"  {first.address}"]
         (second,) = registered_replicas(server_process, etcd, 1)
         await wait_serving_and_registered(etcd, first, second)
         header, *listed = await lines(3)

@@ -16,14 +16,7 @@ from gz.settings import ClientSettings, EtcdSettings, ServerSettings, SettingsEr
 
 from .support import free_port
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Only the variables a test sets: the developer's own GZ_* must not leak in."""
-    for name in os.environ:
-        if name.startswith("GZ_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def refused(settings: type[EtcdSettings], **variables: str) -> str:

@@ -499,9 +499,7 @@ async def test_calls_follow_the_serving_pods_of_a_service(kube: KubeApiServer):
     try:
         kube.put_slice(NS, pod_slice("greeter-a", old[:2], {}))
         kube.put_slice(NS, pod_slice("greeter-b", [old[2], new], {new.address: False}))
-        async with gz.connect(
-            f"k8s://{NS}/{SERVICE}:grpc", balancer="round_robin"
-        ) as channel:
+        async with gz.connect(f"k8s://{NS}/{SERVICE}:grpc", balancer="round_robin") as channel:
             await all_ready(channel, 3)
             served = await count_replicas(channel, 90)
             assert set(served) == {p.address for p in old}  # spread over all, not the unready

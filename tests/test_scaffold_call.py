@@ -52,6 +52,12 @@ def test_call_every_kind_over_direct(replicas):
     assert json.loads(out)["message"] == "Hello, a, b!"
 
 
+def test_call_host_port_like_grpcurl(replicas):
+    code, out, err = run_gz("call", replicas[0].address, "SayHello", '{"name":"x"}')
+    assert code == 0, err
+    assert json.loads(out) == {"message": "Hello, x!", "servedBy": replicas[0].address}
+
+
 def test_calls_are_balanced_over_the_endpoints(replicas):
     served = set()
     for _ in range(20):
@@ -174,6 +180,8 @@ def test_bad_targets_exit_2():
         ["kube"],
         ["resolve"],
         ["call"],
+        ["list"],
+        ["describe"],
         ["health"],
     ],
 )

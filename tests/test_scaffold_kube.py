@@ -251,6 +251,32 @@ def test_bad_input_exits_2_with_one_line(arguments):
     assert err.startswith("gz: ") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("mode", "option", "value", "modes"),
+    [
+        ("etcd", "--max-connection-age", "30s", "the service mode only"),
+        ("service", "--etcd-endpoints", "etcd:2379", "the etcd mode only"),
+        ("headless", "--envoy-image", "envoy:1", "the envoy and envoy-sidecar modes only"),
+        ("envoy", "--client", "api", "the endpoints and envoy-sidecar modes only"),
+        ("endpoints", "--client-image", "api:2", "the envoy-sidecar mode only"),
+    ],
+)
+def test_an_option_of_other_modes_exits_2_naming_it_and_its_modes(mode, option, value, modes):
+    # given even with its default value: the user meant it, and it would do nothing
+    code, out, err = run_gz("kube", mode, "--name", "greeter", "--image", "g:1", option, value)
+    assert code == 2 and out == ""
+    assert err == f"gz: {option} applies to {modes}, not {mode}: leave it out\n"
+
+
+def test_every_option_applies_where_the_table_says():
+    values = {"max_connection_age": "1m", "etcd_endpoints": "etcd-0:2379", "client": "api"}
+    for field, modes in kube.MODE_OPTIONS.items():
+        option, value = "--" + field.replace("_", "-"), values.get(field, "image:1")
+        for mode in modes:
+            manifests(mode, option, value)  # exits 0
+    manifests("mesh", "--service-account", "caller", "--metrics-port", "9100")  # every mode
+
+
 def envoy_config(mode: str) -> dict:
     (config_map,) = of_kind(manifests(mode), "ConfigMap")
     return yaml.safe_load(config_map["data"]["envoy.yaml"])

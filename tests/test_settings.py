@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from gz import netaddr
+from gz import netaddr, variables
 from gz.durations import parse_duration
 from gz.settings import ClientSettings, EtcdSettings, ServerSettings, SettingsError
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Only the variables a test sets: the developer's own GZ_* must not leak in."""
-    for name in os.environ:
-        if name.startswith("GZ_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def test_defaults_without_any_variable():
@@ -253,3 +244,73 @@ async def test_a_server_advertises_gz_advertise_host_over_everything(
     clean_environment.setenv("POD_IP", "10.2.2.2")
     service = await serve_greeter()  # listens on 127.0.0.1, a specific host
     assert service.server.address == f"10.0.0.7:{service.server.port}"
+
+
+# -- GZ_* names gz does not know -------------------------------------------------------------
+@pytest.fixture
+def fresh_check(clean_environment):
+    """A process that has not checked its variables yet."""
+    clean_environment.setattr(variables, "_reported", set())
+    clean_environment.setattr(variables, "_checked", False)
+    return clean_environment
+
+
+def unknown_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("gz") and "is not a gz variable" in record.getMessage()
+    ]
+
+
+def test_a_misspelt_variable_is_warned_about_with_the_closest_name(fresh_check, caplog):
+    fresh_check.setenv("GZ_METRIC_PORT", "9090")
+    fresh_check.setenv("GZ_TIMOUT", "2s")
+    fresh_check.setenv("GZ_ZZZQQQ", "1")
+    variables.warn_unknown_variables()
+    assert sorted(unknown_warnings(caplog)) == [
+        "GZ_METRIC_PORT is not a gz variable and is ignored; did you mean GZ_METRICS_PORT?",
+        "GZ_TIMOUT is not a gz variable and is ignored; did you mean GZ_TIMEOUT?",
+        "GZ_ZZZQQQ is not a gz variable and is ignored; docs/configuration.md lists them",
+    ]
+    assert all(record.levelname == "WARNING" for record in caplog.records)
+
+
+def test_known_and_dynamic_variables_are_not_warned_about(fresh_check, caplog):
+    class OwnSettings(ServerSettings):
+        greeting: str = "hello"  # a service's own field: GZ_GREETING
+
+    known = {"GZ_LISTEN": "127.0.0.1:1", "GZ_TIMEOUT": "2s", "GZ_ETCD_TTL": "10s", "gz_name": "x"}
+    for name, value in {**known, "GZ_TARGET_ORDER_API": "direct:///127.0.0.1:1"}.items():
+        fresh_check.setenv(name, value)
+    fresh_check.setenv("GZ_GREETING", "hi")
+    fresh_check.setenv("GZ_TARGET", "x")  # no <NAME>: not a target variable
+    variables.warn_unknown_variables()
+    assert unknown_warnings(caplog) == [
+        "GZ_TARGET is not a gz variable and is ignored; did you mean GZ_TARGET_<NAME>?"
+    ]
+    assert OwnSettings.from_env().greeting == "hi"
+
+
+async def test_connect_checks_once_per_process_and_servers_at_start(
+    fresh_check, caplog, serve_greeter
+):
+    import gz
+
+    fresh_check.setenv("GZ_BALANCR", "round_robin")
+    for _ in range(3):
+        async with gz.connect("direct:///127.0.0.1:1"):
+            pass
+    assert unknown_warnings(caplog) == [
+        "GZ_BALANCR is not a gz variable and is ignored; did you mean GZ_BALANCER?"
+    ]
+    fresh_check.setenv("GZ_SHUTDOWN_DRAINN", "1s")
+    async with gz.connect("direct:///127.0.0.1:1"):
+        pass  # checked already: connect costs nothing more
+    assert len(unknown_warnings(caplog)) == 1
+    await serve_greeter()  # a server checks at start-up: only the new name is told
+    assert unknown_warnings(caplog)[1:] == [
+        "GZ_SHUTDOWN_DRAINN is not a gz variable and is ignored; did you mean GZ_SHUTDOWN_DRAIN?"
+    ]
+    await serve_greeter()
+    assert len(unknown_warnings(caplog)) == 2  # each name once per process

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import grpc
 
 from ..discovery import Endpoint
+from ..logs import count
 from .picker import Picker
 from .subchannel import State, Subchannel
 
@@ -75,14 +76,16 @@ class SubchannelPool:
             subchannel.start(self._health_check, health_channel)
         if added or removed or not self.resolved:
             log.info(
-                "%s: %d endpoints (+%d -%d)", self.target, len(endpoints), len(added), len(removed)
-            )
+                "%s: %s (+%d -%d)",
+                self.target, count(len(endpoints), "endpoint"), len(added), len(removed),
+            )  # fmt: skip
         self.resolved, self.last_error = True, None
         self._rebuild()
 
     def error(self, message: str) -> None:
         if message != self.last_error:
-            log.warning("%s (keeping the last %d endpoints)", message, len(self.subchannels))
+            kept = count(len(self.subchannels), "endpoint")
+            log.warning("%s (keeping the last %s)", message, kept)
         self.last_error = message
         self._notify()
 

@@ -192,9 +192,7 @@ class PassThrough(gz.Middleware):
 
 
 def _hot_settings() -> gz.ClientSettings:
-    return gz.ClientSettings.from_env(
-        tracing=False, metrics=False, call_log=False, deadline=False
-    )
+    return gz.ClientSettings.from_env(tracing=False, metrics=False, call_log=False, deadline=False)
 
 
 def _target(port: int) -> str:

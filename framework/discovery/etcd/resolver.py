@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from ...backoff import Backoff
+from ...logs import count
 from ..endpoint import Endpoint
 from ..resolver import Listener, Resolver
 from .connection import (
@@ -230,16 +231,16 @@ class _Follower:
         """The end of trouble told to the listener: one line, and the current set again (a
         listener keeps the last error until it is told a set)."""
         self.failing = None
-        log.info("%s: etcd at %s answers again; following %d endpoints",
-                 self.resolver.target, endpoint, len(self.cache.endpoints()))  # fmt: skip
+        log.info("%s: etcd at %s answers again; following %s", self.resolver.target, endpoint,
+                 count(len(self.cache.endpoints()), "endpoint"))  # fmt: skip
         self.publish(again=True)
 
     def _etcd_was_replaced(self, endpoint: str) -> None:
         if self.published and not self.cache.endpoints():
             log.warning(
                 "%s: etcd at %s came back without our keys (a wiped data dir?); keeping the "
-                "last %d endpoints for up to %gs while servers register again",
-                self.resolver.target, endpoint, len(self.published), REREGISTRATION_WINDOW,
+                "last %s for up to %gs while servers register again", self.resolver.target,
+                endpoint, count(len(self.published), "endpoint"), REREGISTRATION_WINDOW,
             )  # fmt: skip
             self.hold_until = time.monotonic() + REREGISTRATION_WINDOW
             self.release_hold = asyncio.get_running_loop().call_later(
