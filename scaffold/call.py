@@ -24,8 +24,10 @@ from .schema import FoundMethod, Schema
 _DEFAULTS = "always_print_fields_with_no_presence"
 if _DEFAULTS not in inspect.signature(json_format.MessageToJson).parameters:
     _DEFAULTS = "including_default_value_fields"
-_METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")  # fullmatch: "key\n" is no key
+_ASCII_VALUE = re.compile(r"[\x20-\x7e]*")  # what gRPC sends as is; other bytes go in -bin
 _NOT_SPACE = re.compile(r"\S")
+_TOO_DEEP = "the request nests too deeply; no message needs that many levels"
 
 
 def parse_requests(text: str, method: FoundMethod) -> list[Any]:
@@ -46,6 +48,8 @@ def parse_requests(text: str, method: FoundMethod) -> list[Any]:
         except json_format.ParseError as error:
             problem = " ".join(str(error).split())  # protobuf's message spans two lines
             raise BadInput(f"{method.request.DESCRIPTOR.full_name}: {problem}") from None
+        except RecursionError:
+            raise BadInput(_TOO_DEEP) from None
     return requests
 
 
@@ -58,6 +62,8 @@ def _documents(text: str) -> list[Any]:
             document, end = decoder.raw_decode(text, start.start())
         except json.JSONDecodeError as error:
             raise BadInput(f"the request is not JSON: {error}") from None
+        except RecursionError:  # json nests by recursion: [[[[... deep enough ends it
+            raise BadInput(_TOO_DEEP) from None
         documents.append(document)
         start = _NOT_SPACE.search(text, end)
     return documents
@@ -73,9 +79,14 @@ def parse_header(text: str) -> tuple[str, str | bytes]:
     """``'Key: value'`` -> ``("key", "value")``; a ``-bin`` key's value is base64, as in grpcurl."""
     key, colon, value = text.partition(":")
     key, value = key.strip().lower(), value.strip()
-    if not colon or not _METADATA_KEY.match(key):
+    if not colon or not _METADATA_KEY.fullmatch(key) or key == "-bin":
         raise BadInput(f"header {text!r} is not 'KEY: VALUE' with a key of a-z, 0-9, - _ .")
     if not key.endswith("-bin"):
+        if not _ASCII_VALUE.fullmatch(value):
+            raise BadInput(
+                f"header {key}: a value is printable ASCII; send other bytes base64-encoded "
+                f"under a key ending -bin, e.g. {key}-bin"
+            )
         return key, value
     try:  # standard or URL-safe alphabet, padding optional
         padded = value + "=" * (-len(value) % 4)

@@ -156,6 +156,8 @@ def new_service(
     click.echo(f"created {request.directory}/ with:")
     for path in created.files:
         click.echo(f"  {path}")
+    for note in created.notes:
+        click.echo(note)
     click.echo(f"next: cd {request.directory} && {created.install} && pytest && gz run")
 
 
@@ -302,7 +304,13 @@ Example: gz kube headless --name greeter --image greeter:0.1.0 -o deploy/""",
 @click.option("--image", required=True, help="The service's container image.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--namespace", default="default", show_default=True)
-@click.option("--replicas", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="The autoscaler's minReplicas (the Deployment leaves replicas to it).",
+)
 @click.option(
     "-o",
     "--output",
@@ -329,6 +337,20 @@ Example: gz kube headless --name greeter --image greeter:0.1.0 -o deploy/""",
     "--etcd-endpoints", default="etcd:2379", show_default=True, help="etcd mode: GZ_ETCD_ENDPOINTS."
 )
 @click.option(
+    "--etcd-secret",
+    default="",
+    metavar="SECRET",
+    help="etcd mode: GZ_ETCD_USERNAME/PASSWORD from this Secret's keys username and password "
+    "(default: from NAME-etcd if it exists).",
+)
+@click.option(
+    "--etcd-tls-secret",
+    default="",
+    metavar="SECRET",
+    help="etcd mode: mount this kubernetes.io/tls Secret (ca.crt, tls.crt, tls.key) for "
+    "GZ_ETCD_CA/CERT/KEYFILE.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=9090,
@@ -342,10 +364,16 @@ Example: gz kube headless --name greeter --image greeter:0.1.0 -o deploy/""",
     help="envoy/envoy-sidecar: the Envoy image.",
 )
 @click.option(
-    "--client", default="", help="endpoints/envoy-sidecar: the client's name (default NAME-client)."
+    "--client",
+    default="",
+    help="endpoints/envoy-sidecar/mesh: the client's name and ServiceAccount (default "
+    "NAME-client).",
 )
 @click.option(
-    "--client-image", default="", help="envoy-sidecar: the client's image (default: --image)."
+    "--client-image",
+    default="",
+    help="envoy-sidecar: the client's image (default: --image); endpoints: write the client's "
+    "Deployment with it.",
 )
 @click.option(
     "--service-account",
@@ -379,6 +407,8 @@ def kube_command(
     for path in kube.write(manifests, output):
         click.echo(f"wrote {path}")
     click.echo(f"clients target {kube.client_target(spec)}")
+    if kube.advice(spec):
+        click.echo(kube.advice(spec))
 
 
 # -- gz resolve --------------------------------------------------------------------------------

@@ -29,13 +29,13 @@ def resolver_for(target: str, settings: gz.ClientSettings | None = None) -> gz.R
 
 
 # host:port or [v6]:port with a numeric port; "greeter" and "greeter:grpc" stay bare names
-_ADDRESS = re.compile(r"^(\[[^\]]*\]|[^:/\[\]]+):[0-9]+$")
+_ADDRESS = re.compile(r"(\[[^\]]*\]|[^:/\[\]]+):[0-9]+")
 
 
 def cli_target(text: str) -> str:
     """``host:port`` and ``[::1]:port`` mean ``direct:///host:port``; anything else is as given."""
     stripped = text.strip()
-    return f"direct:///{stripped}" if _ADDRESS.match(stripped) else text
+    return f"direct:///{stripped}" if _ADDRESS.fullmatch(stripped) else text
 
 
 class _Collector(Listener):

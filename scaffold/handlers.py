@@ -14,6 +14,7 @@ from gz.servicers import unimplemented
 
 from . import gen
 from .errors import BadInput
+from .files import write_file
 from .imports import Import, add_imports
 from .project import Project
 from .protos import Method, read_proto
@@ -53,7 +54,7 @@ def add_stubs(project: Project, service_class: type, names: list[str]) -> list[s
     text.insert(end, "".join(render_macro("service/macros.j2", "stub", m, where) for m in todo))
     level = module_name.count(".")  # the stubs' modules are in the project's top package
     source, imported = add_imports("".join(text), _imports(todo, level), project.package)
-    path.write_text(source, encoding="utf-8")
+    write_file(project.root, relative, source)
     lines += [f"added a stub of {m.service}/{m.name} to {where}" for m in todo]
     return lines + [f"added to {where}: {statement}" for statement in imported]
 
@@ -83,6 +84,7 @@ def _imports(methods: list[Method], level: int) -> list[Import]:
     wanted = [Import("collections.abc", "AsyncIterator")] if streaming else []
     wanted.append(Import("grpc"))
     for ref in (ref for m in methods for ref in (m.request, m.reply)):
-        local = Import("", ref.module, level=level)
+        package, _, name = ref.module.rpartition(".")
+        local = Import(package, name, alias=ref.alias if package else "", level=level)
         wanted.append(local if ref.local else Import(ref.module, alias=ref.alias))
     return list(dict.fromkeys(wanted))  # once each, in order

@@ -17,8 +17,8 @@ LINE_LENGTH = 100
 
 @dataclass(frozen=True)
 class Import:
-    """``from module import name`` (``level`` dots for a relative one), or, without a name,
-    ``import module as alias``."""
+    """``from module import name [as alias]`` (``level`` dots for a relative one), or, without a
+    name, ``import module as alias``."""
 
     module: str
     name: str = ""
@@ -28,13 +28,14 @@ class Import:
     @property
     def bound(self) -> str:
         """The name the statement binds in the module."""
-        return self.name or self.alias or self.module.split(".")[0]
+        return self.alias or self.name or self.module.split(".")[0]
 
     @property
     def text(self) -> str:
+        alias = f" as {self.alias}" if self.alias else ""
         if self.name:
-            return f"from {'.' * self.level}{self.module} import {self.name}"
-        return f"import {self.module}" + (f" as {self.alias}" if self.alias else "")
+            return f"from {'.' * self.level}{self.module} import {self.name}{alias}"
+        return f"import {self.module}{alias}"
 
 
 def add_imports(source: str, wanted: list[Import], first_party: str) -> tuple[str, list[str]]:
@@ -73,7 +74,8 @@ def _merged(source: str, tree: ast.Module, want: Import) -> str | None:
         statement = "".join(lines[node.lineno - 1 : node.end_lineno])
         if "#" in statement or "*" in statement or ";" in statement:
             return None  # not ours to rewrite: add a statement of its own instead
-        names = [_alias_text(alias) for alias in node.names] + [want.name]
+        names = [_alias_text(alias) for alias in node.names]
+        names.append(f"{want.name} as {want.alias}" if want.alias else want.name)
         names.sort(key=_member_key)
         head = f"from {'.' * node.level}{node.module or ''} import "
         text = head + ", ".join(names)

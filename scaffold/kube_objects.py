@@ -4,6 +4,7 @@ autoscaling/v2, policy/v1, rbac.authorization.k8s.io/v1; checked against the 1.3
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,47 @@ from typing import Any
 Object = dict[str, Any]
 
 NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
 RUN_AS_USER = 10001  # the non-root user of the Dockerfile `gz new` writes
+SPREAD_KEYS = ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The recommended app.kubernetes.io labels of a workload and of every object that belongs
+    to it. Selectors use only name and instance: a Deployment's selector is immutable, so it
+    must not hold what changes between releases (the version)."""
+
+    name: str  # the application: the gz service's name, or envoy
+    instance: str  # this deployment of it: unique in the namespace
+    component: str  # server, proxy or client
+    part_of: str  # the gz service all of them are there for
+    version: str = ""  # the image tag; "" when the image has none
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {NAME_LABEL: self.name, INSTANCE_LABEL: self.instance}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        version = {"app.kubernetes.io/version": self.version} if self.version else {}
+        return {
+            **self.selector,
+            **version,
+            "app.kubernetes.io/component": self.component,
+            "app.kubernetes.io/part-of": self.part_of,
+            "app.kubernetes.io/managed-by": "gz",
+        }
+
+
+def image_version(image: str) -> str:
+    """The tag of an image reference as a label value, or "" (no tag, or none that fits)."""
+    name, _, tag = image.split("@", 1)[0].rpartition(":")
+    if not name or "/" in tag:  # registry:5000/app has a port, not a tag
+        return ""
+    value = tag[:63].strip("-_.")  # a tag may be longer and end with them; a label may not
+    return value if _LABEL_VALUE.fullmatch(value) else ""
 
 
 @dataclass(frozen=True)
@@ -37,8 +78,8 @@ class Shutdown:
         return self.drain + self.grace
 
 
-def metadata(name: str, namespace: str, app: str) -> Object:
-    return {"name": name, "namespace": namespace, "labels": {NAME_LABEL: app}}
+def metadata(name: str, namespace: str, app: Identity) -> Object:
+    return {"name": name, "namespace": namespace, "labels": app.labels}
 
 
 def env_value(name: str, value: str) -> Object:
@@ -49,11 +90,12 @@ def env_field(name: str, path: str) -> Object:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def env_secret(name: str, secret: str, key: str) -> Object:
-    """From a Secret that may not exist (optional): the variable is then unset."""
+def env_secret(name: str, secret: str, key: str, *, optional: bool) -> Object:
+    """From a Secret's key; optional: if it does not exist the variable is unset, otherwise the
+    pod does not start (CreateContainerConfigError naming the Secret)."""
     return {
         "name": name,
-        "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}},
+        "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}},
     }
 
 
@@ -125,7 +167,25 @@ class PodSpec:
     without a token."""
 
 
-def deployment(name: str, namespace: str, replicas: int, pod: PodSpec) -> Object:
+def topology_spread(selector: dict[str, str]) -> list[Object]:
+    """One replica more per zone, then per node, at most; ScheduleAnyway makes it a preference,
+    so clusters with fewer zones or nodes than replicas (or no zone labels) schedule every pod.
+    pod-template-hash: a rollout spreads the new ReplicaSet's pods, not old and new together."""
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector},
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+        for key in SPREAD_KEYS
+    ]
+
+
+def deployment(name: str, namespace: str, app: Identity, pod: PodSpec) -> Object:
+    """No spec.replicas: its HorizontalPodAutoscaler sets them, and every `kubectl apply` of a
+    replicas field would reset the autoscaler's choice."""
     spec: Object = {
         "terminationGracePeriodSeconds": pod.shutdown.termination_grace_period,
         "securityContext": {
@@ -134,6 +194,7 @@ def deployment(name: str, namespace: str, replicas: int, pod: PodSpec) -> Object
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": pod.containers,
+        "topologySpreadConstraints": topology_spread(app.selector),
     }
     if pod.init_containers:
         spec["initContainers"] = pod.init_containers
@@ -145,16 +206,15 @@ def deployment(name: str, namespace: str, replicas: int, pod: PodSpec) -> Object
         spec["automountServiceAccountToken"] = True
     else:
         spec["automountServiceAccountToken"] = False  # nothing in the pod talks to the API server
-    template_metadata: Object = {"labels": {NAME_LABEL: name, **pod.labels}}
+    template_metadata: Object = {"labels": {**app.labels, **pod.labels}}
     if pod.annotations:
         template_metadata["annotations"] = pod.annotations
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(name, namespace, name),
+        "metadata": metadata(name, namespace, app),
         "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {NAME_LABEL: name}},
+            "selector": {"matchLabels": app.selector},
             # a new pod is ready before an old one goes: capacity never drops in a rollout
             "strategy": {
                 "type": "RollingUpdate",
@@ -168,14 +228,14 @@ def deployment(name: str, namespace: str, replicas: int, pod: PodSpec) -> Object
 def service(
     name: str,
     namespace: str,
-    app: str,
+    app: Identity,
     port: int,
     *,
     headless: bool,
     app_protocol: str = "kubernetes.io/h2c",
 ) -> Object:
     spec: Object = {
-        "selector": {NAME_LABEL: app},
+        "selector": app.selector,
         # named "grpc": k8s:///name:grpc finds it, and so does a bare name with GZ_DISCOVERY=k8s
         "ports": [
             {
@@ -197,11 +257,11 @@ def service(
     }
 
 
-def autoscaler(name: str, namespace: str, replicas: int) -> Object:
+def autoscaler(name: str, namespace: str, app: Identity, replicas: int) -> Object:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": metadata(name, namespace, name),
+        "metadata": metadata(name, namespace, app),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicas": replicas,
@@ -219,17 +279,17 @@ def autoscaler(name: str, namespace: str, replicas: int) -> Object:
     }
 
 
-def disruption_budget(name: str, namespace: str) -> Object:
+def disruption_budget(name: str, namespace: str, app: Identity) -> Object:
     """Node drains evict one pod at a time, so drains never take several replicas at once."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": metadata(name, namespace, name),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {NAME_LABEL: name}}},
+        "metadata": metadata(name, namespace, app),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": app.selector}},
     }
 
 
-def config_map(name: str, namespace: str, app: str, data: dict[str, str]) -> Object:
+def config_map(name: str, namespace: str, app: Identity, data: dict[str, str]) -> Object:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -238,7 +298,7 @@ def config_map(name: str, namespace: str, app: str, data: dict[str, str]) -> Obj
     }
 
 
-def endpointslice_reader(accounts: Sequence[str], namespace: str, app: str) -> list[Object]:
+def endpointslice_reader(accounts: Sequence[str], namespace: str, app: Identity) -> list[Object]:
     """A ServiceAccount for each of ``accounts``, a Role and a RoleBinding to all of them: what
     a k8s:/// client needs (list, watch). The first account names the Role."""
     role = f"{accounts[0]}-endpointslice-reader"

@@ -8,25 +8,25 @@ import sys
 
 from .errors import BadInput
 
-_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
-_KUBE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035 label: what a Service needs
+_SERVICE_NAME = re.compile(r"[a-z]([a-z0-9_-]*[a-z0-9])?")  # fullmatch, not match: no "x\n"
+_KUBE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # DNS-1035 label: what a Service needs
 # Namespaces are DNS-1123 labels (a digit may come first, unlike a Service's DNS-1035 name);
 # ServiceAccount names are DNS-1123 subdomains.
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_NAMESPACE = re.compile(rf"^{_LABEL}$")
-_SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+_NAMESPACE = re.compile(_LABEL)
+_SUBDOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 _TAKEN = {"grpc", "google", "gz", "tests", "test"}
 
 
 def service_name(name: str) -> str:
-    """A name for ``gz new service``: lower case letters, digits, '-' and '_', a letter first."""
-    if not _SERVICE_NAME.match(name):
+    """A name for ``gz new service``: lower case letters, digits, '-' and '_', a letter first
+    and a letter or digit last, so that both ``package_name`` and ``kube_form`` of it are names
+    (gz new checks the length with the Kubernetes names gz kube derives from it)."""
+    if not _SERVICE_NAME.fullmatch(name):
         raise BadInput(
             f"{name!r} is not a service name: use lower case letters, digits, '-' and '_', "
-            "starting with a letter, e.g. hello or order-service"
+            "starting with a letter and ending with a letter or digit, e.g. hello or order-service"
         )
-    if len(name) > 63:
-        raise BadInput(f"{name!r} is longer than 63 characters, the limit of a Kubernetes name")
     package = package_name(name)
     if keyword.iskeyword(package) or package in _TAKEN or package in sys.stdlib_module_names:
         raise BadInput(
@@ -39,6 +39,11 @@ def service_name(name: str) -> str:
 def package_name(name: str) -> str:
     """hello-world -> hello_world"""
     return name.replace("-", "_")
+
+
+def kube_form(name: str) -> str:
+    """my_svc -> my-svc: Kubernetes names take no '_'."""
+    return name.replace("_", "-")
 
 
 def class_name(name: str) -> str:
@@ -74,7 +79,16 @@ def service_account_name(account: str) -> str:
     )  # fmt: skip
 
 
+def secret_name(option: str, secret: str) -> str:
+    """A Secret name (DNS-1123 subdomain) given to ``option``, or BadInput saying what is wrong."""
+    return _checked(
+        secret, _SUBDOMAIN, 253,
+        f"{option} {secret!r} is not a Secret name: use lower case letters, digits, '-' and '.' "
+        "between labels that start and end with a letter or digit, e.g. greeter-etcd",
+    )  # fmt: skip
+
+
 def _checked(name: str, pattern: re.Pattern[str], limit: int, complaint: str) -> str:
-    if len(name) > limit or not pattern.match(name):
+    if len(name) > limit or not pattern.fullmatch(name):
         raise BadInput(complaint)
     return name

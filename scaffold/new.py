@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import gen, kube, wheel
 from .errors import BadInput
-from .names import class_name, package_name, service_name
+from .files import write_file
+from .names import class_name, kube_form, package_name, service_name
 from .protos import ProtoFile, read_proto
 from .templates import render
 
@@ -35,6 +35,7 @@ class NewService:
 class Created:
     files: list[Path]  # relative to the project's directory
     install: str  # the command that installs it, with its tests' dependencies
+    notes: tuple[str, ...] = ()  # what gz derived from the input and the user should know
 
 
 def install_command(dependency: wheel.GzDependency) -> str:
@@ -52,27 +53,30 @@ def create(request: NewService) -> Created:
         raise BadInput(f"{root} exists and is not a directory; pick another --dir")
     if root.is_dir() and any(root.iterdir()) and not request.force:
         raise BadInput(f"{root} is not empty; pick another --dir, or pass --force to write into it")
-    source = read_proto(request.proto) if request.proto is not None else None  # before writing
-    package_dir = root / request.package
-    package_dir.mkdir(parents=True, exist_ok=True)
+    # everything is checked before the first file is written: bad input leaves no half project
+    source = read_proto(request.proto) if request.proto is not None else None
+    gz_requirement = _gz_requirement(request.gz_requirement)
+    spec = kube.KubeSpec(
+        mode=REGISTRY_MODES[request.registry],
+        name=kube_form(name),
+        image=f"{kube_form(name)}:0.1.0",
+        port=PORT,
+    )
+    manifests = kube.build(spec)
     names = {"name": name, "package": request.package, "class_name": class_name(name)}
-    proto = _place_proto(source, package_dir, names)
+    proto = _place_proto(source, root, names)
     dependency = (
-        wheel.GzDependency(request.gz_requirement)
-        if request.gz_requirement is not None
-        else wheel.dependency(root)
+        wheel.GzDependency(gz_requirement) if gz_requirement is not None else wheel.dependency(root)
     )
     install = install_command(dependency)
     written = [*gen.generate([proto.path, *proto.siblings])]
-    spec = kube.KubeSpec(
-        mode=REGISTRY_MODES[request.registry], name=name, image=f"{name}:0.1.0", port=PORT
-    )
     context = {
         **names,
         "proto": proto,
         "example": request.proto is None,
         "registry": request.registry,
         "mode": spec.mode,
+        "kube_name": spec.name,
         "port": PORT,
         "cluster_target": kube.client_target(spec),
         "gz_requirement": dependency.requirement,
@@ -89,25 +93,48 @@ def create(request: NewService) -> Created:
         f"tests/test_{request.package}.py": "test_service.py.j2",
     }
     for relative, template in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(f"service/{template}", **context), encoding="utf-8")
-        written.append(path)
-    (package_dir / "__init__.py").write_text(f'"""The {name} service."""\n', encoding="utf-8")
-    written += [package_dir / "__init__.py", proto.path, *proto.siblings]
-    written += kube.write(kube.build(spec), root / "deploy")
+        written.append(write_file(root, relative, render(f"service/{template}", **context)))
+    init = f'"""The {name} service."""\n'
+    written += [write_file(root, f"{request.package}/__init__.py", init), proto.path]
+    written += [*proto.siblings, *kube.write(manifests, root, "deploy")]
     written += [root / dependency.wheel] if dependency.wheel else []
-    return Created(sorted({path.resolve().relative_to(root) for path in written}), install)
+    notes = (
+        (f"Kubernetes names take no '_': deploy/ names the service {spec.name}",)
+        if spec.name != name
+        else ()
+    )
+    return Created(sorted({path.resolve().relative_to(root) for path in written}), install, notes)
 
 
-def _place_proto(source: ProtoFile | None, package_dir: Path, names: dict[str, str]) -> ProtoFile:
-    """Copy the user's proto (and the sibling protos it imports), or write the example."""
+def _gz_requirement(text: str | None) -> str | None:
+    """--gz-requirement as a PEP 508 requirement on gz, or BadInput: it lands in pyproject.toml."""
+    if text is None:
+        return None
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    example = "e.g. 'gz>=0.1' or 'gz @ file:///src/gz'"
+    try:
+        requirement = Requirement(text)
+        if not text.isprintable():  # packaging lets some control characters through
+            raise InvalidRequirement(text)
+    except InvalidRequirement:
+        raise BadInput(f"--gz-requirement {text!r} is not a requirement, {example}") from None
+    if canonicalize_name(requirement.name) != "gz":
+        raise BadInput(f"--gz-requirement {text!r} names {requirement.name}, not gz; {example}")
+    return text
+
+
+def _place_proto(source: ProtoFile | None, root: Path, names: dict[str, str]) -> ProtoFile:
+    """Copy the user's proto into the package, and the protos it imports by their paths from
+    its import root (the package is theirs in the project); or write the example."""
+    package = Path(names["package"])
     if source is None:
-        target = package_dir / f"{names['package']}.proto"
-        target.write_text(render("service/proto.j2", **names), encoding="utf-8")
-        return read_proto(target)
-    for path in (source.path, *source.siblings):
-        destination = package_dir / path.name
-        if path.resolve() != destination.resolve():
-            shutil.copyfile(path, destination)
-    return read_proto(package_dir / source.path.name)
+        text = render("service/proto.j2", **names)
+        return read_proto(write_file(root, package / f"{names['package']}.proto", text))
+    copies = {package / source.path.name: source.path}
+    copies |= {package / path.relative_to(source.root): path for path in source.siblings}
+    for relative, path in copies.items():
+        if path.resolve() != (root / relative).resolve():
+            write_file(root, relative, path.read_bytes())
+    return read_proto(root / package / source.path.name)

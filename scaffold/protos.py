@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import keyword
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,31 @@ from google.protobuf import descriptor_pb2
 
 from .errors import BadInput
 from .gen import describe
+
+
+def stub_module(proto_path: str) -> str:
+    """The module protoc writes for the proto at PROTO_PATH (its path from the import root),
+    dotted, with the ``_pb2`` suffix: protoc strips ``.proto``, makes ``-`` a ``_`` and each ``.``
+    or ``/`` a package separator (``my-api.proto``: ``my_api_pb2``, ``shop.v1.proto``:
+    ``shop.v1_pb2``, ``api/money.proto``: ``api.money_pb2``)."""
+    return proto_path.removesuffix(".proto").replace("-", "_").replace("/", ".") + "_pb2"
+
+
+def alias(module: str) -> str:
+    """The name generated code imports a stub module as: ``shop.v1_pb2``: ``shop_v1_pb2``."""
+    return module.replace(".", "_")
+
+
+def import_lines(modules: Iterable[str], where: str) -> list[str]:
+    """Import statements for stubs in the project's package (WHERE: ``.`` or its name), in
+    isort's order: ``from WHERE import a_pb2`` for those at its top, ``from WHERE.shop import
+    v1_pb2 as shop_v1_pb2`` for those in its folders."""
+    top = sorted(module for module in modules if "." not in module)
+    lines = [f"from {where} import {', '.join(top)}"] if top else []
+    for module in sorted({module for module in modules if "." in module}):
+        package, _, name = module.rpartition(".")
+        lines.append(f"from {where.rstrip('.')}.{package} import {name} as {alias(module)}")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -21,7 +48,7 @@ class MessageRef:
     @property
     def alias(self) -> str:
         """The name the generated code imports the module as."""
-        return self.module.replace(".", "_") if not self.local else self.module
+        return alias(self.module)
 
     @property
     def expression(self) -> str:
@@ -58,11 +85,14 @@ class Service:
 class ProtoFile:
     path: Path
     services: tuple[Service, ...]
-    siblings: tuple[Path, ...] = ()  # protos next to it that it imports
+    siblings: tuple[Path, ...] = ()  # protos it imports from its import root (not well-known)
+    module: str = ""  # its stub's module from the import root, e.g. shop.v1_pb2 (stub_module)
+    root: Path = Path()  # its import root (gen.import_roots): the folder siblings are named from
 
     @property
     def grpc_module(self) -> str:
-        return f"{self.path.stem}_pb2_grpc"
+        """The name generated code imports its _grpc module as."""
+        return alias(self.module) + "_grpc"
 
     @property
     def streaming(self) -> bool:
@@ -70,7 +100,12 @@ class ProtoFile:
 
     @property
     def stub_module(self) -> str:
-        return f"{self.path.stem}_pb2"
+        """The name generated code imports its stub as (``alias`` of ``module``)."""
+        return alias(self.module)
+
+    def import_lines(self, modules: Iterable[str], where: str) -> list[str]:
+        """``import_lines`` of ``modules`` and its _grpc module."""
+        return import_lines([*modules, self.module + "_grpc"], where)
 
     @property
     def methods(self) -> list[Method]:
@@ -95,7 +130,9 @@ def read_proto(path: Path) -> ProtoFile:
     """Services and methods of ``path``; BadInput if protoc rejects it or it has no service."""
     files = list(describe(path).file)
     main = files[-1]  # protoc lists imports first
-    local = _local_files(path, files)
+    local = [file.name for file in files if not file.name.startswith(_WELL_KNOWN)]
+    for name in local:  # generated code imports each by its module name: it must be one
+        _check_module(name)
     owners = _message_owners(files, local)
     services = tuple(
         Service(
@@ -124,26 +161,23 @@ def read_proto(path: Path) -> ProtoFile:
             f"{path.name}: method {twice[0]} is in more than one service; a gz service class "
             "serves them all, so rename one"
         )
-    siblings = tuple(path.parent / name for name in local if name != main.name)
-    return ProtoFile(path, services, siblings)
+    root = path.resolve().parents[len(Path(main.name).parts) - 1]
+    siblings = tuple(root / name for name in local if name != main.name)
+    return ProtoFile(path, services, siblings, stub_module(main.name), root)
 
 
 _WELL_KNOWN = "google/protobuf/"  # shipped with protobuf: imported from google.protobuf
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # ASCII: a file name is no NFKC identifier
 
 
-def _local_files(path: Path, files: list[descriptor_pb2.FileDescriptorProto]) -> list[str]:
-    """The protos that go into the project's package: ``path`` and the siblings it imports."""
-    local = []
-    for file in files:
-        if file.name.startswith(_WELL_KNOWN):
-            continue
-        if "/" in file.name:
-            raise BadInput(
-                f"{path.name} imports {file.name}: gz new takes protos from one directory only; "
-                f"put {Path(file.name).name} next to {path.name} and import it by file name"
-            )
-        local.append(file.name)
-    return local
+def _check_module(proto_path: str) -> None:
+    module = stub_module(proto_path)
+    parts = module.split(".")
+    if not all(_IDENTIFIER.fullmatch(part) and not keyword.iskeyword(part) for part in parts):
+        raise BadInput(
+            f"{proto_path}: protoc would name its stub {module!r}, which Python cannot import; "
+            "rename it to letters, digits and '_', e.g. hello.proto"
+        )
 
 
 def _qualified(package: str, name: str) -> str:
@@ -157,7 +191,7 @@ def _message_owners(
     owners: dict[str, MessageRef] = {}
     for file in files:
         is_local = file.name in local
-        module = Path(file.name).with_suffix("").as_posix().replace("/", ".") + "_pb2"
+        module = stub_module(file.name)
         prefix = f".{file.package}." if file.package else "."
 
         def add(messages: list[descriptor_pb2.DescriptorProto], outer: str) -> None:

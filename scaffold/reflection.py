@@ -27,6 +27,19 @@ class _Unknown(BadInput):
     """Reflection does not know the symbol asked about."""
 
 
+_ATTEMPTS = 3
+
+
+def _lost_status(error: grpc.aio.AioRpcError) -> bool:
+    """grpc's client sometimes reports a stream the server refused at once (UNIMPLEMENTED: no
+    reflection) as INTERNAL, when its write of the request loses the race with the server's
+    answer (grpc/grpc#36066); asked again, the server's own status usually comes through."""
+    return error.code() == grpc.StatusCode.INTERNAL and error.details() == _CORE_ERROR
+
+
+_CORE_ERROR = "Internal error from Core"
+
+
 class Reflection(Schema):
     def __init__(
         self,
@@ -44,13 +57,19 @@ class Reflection(Schema):
         request = reflection_pb2.ServerReflectionRequest(**question)
         answers = []
         try:
-            call = self._stub.ServerReflectionInfo(
-                stream_of([request]), timeout=self._timeout, metadata=self._metadata
-            )
-            # read to the end: the server closes the stream once our one request is answered
-            answers = [response async for response in call]
+            for attempt in range(_ATTEMPTS):
+                call = self._stub.ServerReflectionInfo(
+                    stream_of([request]), timeout=self._timeout, metadata=self._metadata
+                )
+                try:
+                    # read to the end: the server closes the stream once our request is answered
+                    answers = [response async for response in call]
+                    break
+                except grpc.aio.AioRpcError as error:
+                    if not _lost_status(error) or attempt == _ATTEMPTS - 1:
+                        raise
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED or _lost_status(error):
                 raise Failed(
                     "the server does not offer server reflection: give its protos with "
                     "--proto (gz servers have reflection unless GZ_REFLECTION=false)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,18 @@ def environment() -> jinja2.Environment:
         autoescape=False,
     )
     environment.filters["snake"] = snake_case
+    environment.filters["toml"] = toml_string
     return environment
 
 
 def snake_case(name: str) -> str:
     """SayHello -> say_hello, HTTPServer -> http_server (for generated test names)."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def toml_string(text: str) -> str:
+    """A quoted TOML basic string: JSON's escapes are TOML's, and TOML escapes DEL too."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def render(template: str, **context: Any) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
-import shutil
 import zipfile
 from dataclasses import dataclass
 from importlib.metadata import Distribution, distributions
@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .errors import Failed
+from .files import write_file
 
 WHEELS = "wheels"
 # the dist-info files a wheel carries; INSTALLER, REQUESTED, direct_url.json are the installer's
@@ -42,13 +43,8 @@ def dependency(root: Path, dist: Distribution | None = None) -> GzDependency:
     if direct_url is None:
         return GzDependency(requirement)
     name = f"{WHEELS}/gz-{dist.version}-py3-none-any.whl"
-    target = root / name
-    target.parent.mkdir(parents=True, exist_ok=True)
     source = installed_from(direct_url)
-    if source is not None:
-        shutil.copyfile(source, target)
-    else:
-        build(dist, target)
+    write_file(root, name, source.read_bytes() if source is not None else build(dist))
     return GzDependency(requirement, name)
 
 
@@ -81,8 +77,9 @@ def installed_from(direct_url: str) -> Path | None:
     return path
 
 
-def build(dist: Distribution, target: Path) -> Path:
-    """A wheel of the running gz from its package files and dist-info, as ``pip wheel`` makes."""
+def build(dist: Distribution) -> bytes:
+    """A wheel of the running gz from its package files and dist-info, as ``pip wheel`` makes:
+    its bytes, which ``dependency`` writes whole (never a half-written wheel)."""
     import gz.scaffold  # the running one: in an editable install its folders are apart
 
     files = package_files(Path(gz.__path__[0]), "gz")
@@ -95,15 +92,14 @@ def build(dist: Distribution, target: Path) -> Path:
         raise Failed("the installed gz has no METADATA; reinstall gz, then run gz new again")
     record = [f"{name},sha256={_digest(data)},{len(data)}" for name, data in files.items()]
     files[f"{dist_info}/RECORD"] = "\n".join([*record, f"{dist_info}/RECORD,,", ""]).encode()
-    partial = target.with_name(target.name + ".partial")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+    wheel = io.BytesIO()
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in files.items():
             entry = zipfile.ZipInfo(name, DATE)
             entry.external_attr = 0o644 << 16
             entry.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(entry, data)
-    partial.replace(target)  # never a half-written wheel under the real name
-    return target
+    return wheel.getvalue()
 
 
 def package_files(folder: Path, prefix: str) -> dict[str, bytes]:

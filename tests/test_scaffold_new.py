@@ -10,6 +10,7 @@ project directory so that they import the installed package.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -145,13 +146,24 @@ def test_generated_code_is_clean_for_ruff(tmp_path):
             assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_dockerfile_is_slim_non_root_and_exec_form(tmp_path):
+def test_dockerfile_is_pinned_slim_non_root_with_an_init(tmp_path):
     assert run_gz("new", "service", "hello", "--dir", str(tmp_path / "p"))[0] == 0
     dockerfile = (tmp_path / "p/Dockerfile").read_text()
-    assert "FROM python:3.12-slim" in dockerfile
+    base = re.search(r"^FROM (\S+)$", dockerfile, re.MULTILINE)
+    assert base and re.fullmatch(r"python:3\.\d+\.\d+-slim-[a-z]+", base[1])  # a version, not 3.12
+    assert "install -y --no-install-recommends tini" in dockerfile
+    assert '\nENTRYPOINT ["/usr/bin/tini", "--"]\n' in dockerfile
     assert "\nUSER 10001\n" in dockerfile
-    assert '\nCMD ["python", "-m", "hello.server"]\n' in dockerfile
-    assert ".venv" in (tmp_path / "p/.dockerignore").read_text().split()
+    assert dockerfile.endswith('\nCMD ["python", "-m", "hello.server"]\n')
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out(tmp_path):
+    assert run_gz("new", "service", "hello", "--dir", str(tmp_path / "p"))[0] == 0
+    patterns = (tmp_path / "p/.dockerignore").read_text().split()
+    for secret in [".env", ".env.*", "*.pem", "*.key", "id_rsa*"]:
+        assert f"**/{secret}" in patterns  # in any folder, not just the top
+    assert {".git", ".venv", "venv"} <= set(patterns)
+    assert not {"wheels", "pyproject.toml", "README.md", "hello"} & set(patterns)  # the build's
 
 
 @pytest.mark.parametrize(
@@ -161,7 +173,7 @@ def test_dockerfile_is_slim_non_root_and_exec_form(tmp_path):
         ("my service", "is not a service name"),
         ("Hello", "is not a service name"),
         ("json", "hides another module"),
-        ("a" * 64, "longer than 63"),
+        ("a" * 64, "longer than 56"),
     ],
 )
 def test_bad_names_exit_2_with_one_line(tmp_path, name, says):

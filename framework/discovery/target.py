@@ -18,7 +18,7 @@ FULL_FORMS = "; ".join(FORMS.values())
 ALL_FORMS = FULL_FORMS + "; or a bare service name such as greeter"
 
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://(.*)$", re.IGNORECASE | re.DOTALL)
-_BARE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?(:[A-Za-z0-9-]+)?$")
+_BARE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?(:[A-Za-z0-9-]+)?")
 # A bare name with GZ_DISCOVERY becomes one of these; k8s uses the port named "grpc".
 _DISCOVERY_TEMPLATES = {
     "etcd": "etcd:///{name}",
@@ -90,7 +90,7 @@ def expand_bare_name(
     if not isinstance(text, str) or "://" in text:
         return text  # parse_target explains what is wrong with a non-string
     env = os.environ if env is None else env
-    if not _BARE_NAME.match(text):
+    if not _BARE_NAME.fullmatch(text):  # "greeter\n" is none
         raise TargetError(f"bad target {text!r}: no scheme, nor a bare name; expected {ALL_FORMS}")
     name, _, port = text.partition(":")
     variable = target_variable(name)

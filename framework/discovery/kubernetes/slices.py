@@ -20,7 +20,7 @@ log = logging.getLogger("gz.discovery.k8s")
 Json = Mapping[str, Any]
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")  # fullmatch: no "x\n"
 
 
 def _ipv4(text: str) -> str:
@@ -32,7 +32,7 @@ def _ipv6(text: str) -> str:
 
 
 def _fqdn(text: str) -> str:
-    if not _HOSTNAME.match(text):
+    if not _HOSTNAME.fullmatch(text):
         raise ValueError(f"{text!r} is not a host name")
     return text
 

@@ -15,9 +15,9 @@ SERVICE_ACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceacc
 DEFAULT_NAMESPACE = "default"
 
 # Namespaces are DNS-1123 labels, Service names DNS-1035 labels, port names DNS-1123 labels.
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # fullmatch: no "x\n"
 _NAMESPACE = _PORT_NAME = _DNS1123_LABEL
-_SERVICE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SERVICE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +62,10 @@ def parse_kube_target(
     service, colon, port_text = target.endpoint.partition(":")
     if not colon or not port_text:
         raise target.error("missing :port after the service (a number, or a port name like grpc)")
-    if not _SERVICE.match(service):
+    if not _SERVICE.fullmatch(service):
         raise target.error(f"{service!r} is not a Service name (lowercase letters, digits, '-')")
     namespace = target.authority or default_namespace(env, namespace_file)
-    if not _NAMESPACE.match(namespace):
+    if not _NAMESPACE.fullmatch(namespace):
         raise target.error(f"{namespace!r} is not a namespace (lowercase letters, digits, '-')")
     return KubeTarget(namespace, service, _parse_port(target, port_text))
 
@@ -75,6 +75,6 @@ def _parse_port(target: Target, text: str) -> int | str:
         if not 0 < int(text) < 65536:
             raise target.error(f"port {text} is out of range 1-65535")
         return int(text)
-    if not _PORT_NAME.match(text):
+    if not _PORT_NAME.fullmatch(text):
         raise target.error(f"{text!r} is neither a port number nor a port name such as grpc")
     return text
