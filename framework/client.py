@@ -9,6 +9,7 @@ import grpc
 
 from .balancing import BalancedChannel, picker_class
 from .discovery import Resolver, build_resolver
+from .httpside import client_side
 from .middleware import Middleware
 from .middleware.defaults import client_middleware
 from .middleware.retry import Retry, RetryPolicy
@@ -46,10 +47,12 @@ def connect(
     endpoint; pass a RetryPolicy to tune it or False to switch it off (docs/balancing.md).
     gz's default client middleware (tracing, metrics, call log, auth, deadline: see
     docs/middleware.md) runs around ``middleware``; TLS comes from GZ_TLS_* unless
-    ``credentials`` are given.
+    ``credentials`` are given. With GZ_METRICS_PORT set, the first connect() of a process
+    without a gz server serves /metrics there (docs/observability.md).
     """
     warn_unknown_variables(once=True)  # a typo in a GZ_* name is otherwise silent
     settings = settings or ClientSettings.from_env()
+    client_side(settings)  # GZ_METRICS_PORT: the HTTP side, on the first connect() only
     resolver = target if isinstance(target, Resolver) else build_resolver(target, settings)
     timeout = timeout if timeout is not None else settings.timeout
     if settings.metrics:

@@ -1,10 +1,47 @@
-"""Logging set-up for gz processes: GZ_LOG_LEVEL and GZ_LOG_FORMAT=text|json, to stderr."""
+"""Logging set-up for gz processes: GZ_LOG_LEVEL and GZ_LOG_FORMAT=text|json, to stderr.
+
+A record written while an OpenTelemetry span is current carries its ``trace_id`` and ``span_id``:
+JSON fields, or `` trace_id=... span_id=...`` after the message in text.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+
+
+class TraceIds(logging.Filter):
+    """Sets ``trace_id`` and ``span_id`` (32 and 16 lowercase hex digits, as OpenTelemetry's log
+    correlation spells them) on a record written while a valid span is current.
+
+    A filter on the handler, so it runs only for records the handler emits; opentelemetry is
+    never imported here: while nothing has imported it, no span can be current.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trace = sys.modules.get("opentelemetry.trace")
+        if trace is not None:
+            span_context = trace.get_current_span().get_span_context()
+            if span_context.is_valid:
+                record.trace_id = format(span_context.trace_id, "032x")
+                record.span_id = format(span_context.span_id, "016x")
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``, then `` trace_id=... span_id=...`` when the record has
+    them (before a stack trace, which starts on the next line)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is None:
+            return line
+        return f"{line} trace_id={trace_id} span_id={getattr(record, 'span_id', '')}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,10 +69,8 @@ def count(number: int, noun: str) -> str:
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(TraceIds())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,9 +1,12 @@
 """The HTTP side port (GZ_METRICS_PORT): /metrics for Prometheus, /healthz and /readyz for probes
 and load balancers that do not speak gRPC.
 
-/healthz answers 200 while the process runs. /readyz answers 200 while the server is SERVING and
-503 before that and once it starts draining. Other paths answer 404, other methods than GET and
-HEAD 405.
+/metrics is OpenMetrics, with exemplars, when the Accept header asks for it (Prometheus does),
+else the classic text format. /healthz answers 200 while the process runs. /readyz answers 200
+while the server is SERVING and 503 before that and once it starts draining; in a process that
+only calls (httpside.py) it answers 200 while the process runs.
+/debug/targets (JSON) and /debug/targets.html show what this process's client channels see
+(debug_targets.py). Other paths answer 404, other methods than GET and HEAD 405.
 
 One thread of its own serves it, so a busy service loop never makes a scrape or a probe time
 out, and the port costs that one thread however many clients connect. It is bounded: at most
@@ -32,6 +35,8 @@ from http import HTTPStatus
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
+from . import debug_targets
+
 log = logging.getLogger("gz.probes")
 
 REQUEST_TIMEOUT = 5.0
@@ -48,7 +53,7 @@ BACKLOG = socket.SOMAXCONN
 """Connections the kernel queues until the thread accepts them: a burst of connects waits for
 none of its SYNs to be sent again (the kernel caps it at net.core.somaxconn)."""
 
-_PATHS = ("/metrics", "/healthz", "/readyz")
+_PATHS = ("/metrics", "/healthz", "/readyz", *debug_targets.PATHS)
 _METHODS = ("GET", "HEAD")
 _TEXT = "text/plain; charset=utf-8"
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -226,7 +231,7 @@ class ProbeServer:
         extra: tuple[str, ...] = ()
         content_type = _TEXT
         if path not in _PATHS:
-            status, body = 404, b"not found: try /metrics, /healthz or /readyz\n"
+            status, body = 404, b"not found: try /metrics, /healthz, /readyz or /debug/targets\n"
         elif request.method not in _METHODS:
             status, body, extra = 405, b"method not allowed: use GET\n", ("Allow: GET, HEAD",)
         elif path == "/metrics":
@@ -236,6 +241,8 @@ class ProbeServer:
             except Exception:
                 log.exception("HTTP side: collecting /metrics failed")
                 status, body, content_type = 500, b"collecting metrics failed\n", _TEXT
+        elif path in debug_targets.PATHS:
+            status, body, content_type = debug_targets.answer(path)
         elif path == "/healthz":
             status, body = 200, b"ok\n"
         else:

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from .binding import add_port
+from .httpside import server_side
 from .middleware import Middleware
 from .middleware.auth import TokenAuth
 from .middleware.defaults import server_middleware
@@ -82,7 +83,7 @@ class Server:
         listen_host, _ = parse_host_port(self.settings.listen, listening=True)
         if self.settings.metrics_port is not None:
             metrics_host = self.settings.metrics_host or listen_host
-            self.probes = _start_probes(metrics_host, self.settings.metrics_port)
+            self.probes = server_side(metrics_host, self.settings.metrics_port)
         await self._server.start()
         host = advertise_host(listen_host, self.settings.advertise_host)
         self.address = join_host_port(host, self.port)
@@ -182,22 +183,6 @@ class Server:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
-
-
-def _start_probes(host: str, port: int) -> ProbeServer:
-    from .probes import ProbeServer  # http.server: only for services that serve metrics
-
-    try:
-        probes = ProbeServer(host, port)
-    except OSError as error:
-        raise OSError(
-            f"cannot listen on GZ_METRICS_PORT={port} on {host} (GZ_METRICS_HOST, else the"
-            f" listen host): {error}"
-        ) from None
-    probes.start()
-    log.info("metrics and probes on http://%s/metrics, /healthz, /readyz",
-             join_host_port(host, probes.port))  # fmt: skip
-    return probes
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:

@@ -6,6 +6,7 @@ line naming the variable, the value and the accepted form.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Annotated, Literal
@@ -250,18 +251,69 @@ def _lease_ttl(value: object) -> int:
 
 LeaseTtl = Annotated[int, BeforeValidator(_lease_ttl)]
 
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the latency histograms: 100 µs to 10 s, a superset of Go's
+DefBuckets, so a sub-millisecond call gets a bucket of its own and dashboards that pick a Go
+bound (``le="0.1"``) still find it."""
+_BUCKETS_FORM = "increasing upper bounds in seconds, e.g. 0.0005,0.001,0.01,0.1,1"
+
+
+def _latency_buckets(value: object) -> object:
+    """``0.001,0.01,0.1`` -> (0.001, 0.01, 0.1); checked by _increasing_bounds."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        raise ValueError(f"set but empty: give {_BUCKETS_FORM}, or unset it for the defaults")
+    bounds = []
+    for item in value.split(","):
+        try:
+            bounds.append(float(item))
+        except ValueError:
+            raise ValueError(f"{item.strip()!r} is not seconds: expected {_BUCKETS_FORM}") from None
+    return tuple(bounds)
+
+
+def _increasing_bounds(bounds: tuple[float, ...]) -> tuple[float, ...]:
+    if not bounds:
+        raise ValueError(f"expected {_BUCKETS_FORM}")
+    if not all(math.isfinite(bound) and bound > 0 for bound in bounds):
+        raise ValueError("each bound must be a positive number of seconds (+Inf is always added)")
+    if any(low >= high for low, high in itertools.pairwise(bounds)):
+        raise ValueError(f"the bounds must increase: expected {_BUCKETS_FORM}")
+    return bounds
+
+
+_Bounds = (BeforeValidator(_latency_buckets), AfterValidator(_increasing_bounds))
+LatencyBuckets = Annotated[tuple[float, ...], NoDecode, *_Bounds]
+"""GZ_METRICS_BUCKETS: ``0.001,0.01,0.1`` (seconds, increasing)."""
+
 
 class MiddlewareSettings(_GzSettings):
-    """The default middleware of servers and clients (docs/middleware.md) and TLS."""
+    """The default middleware of servers and clients (docs/middleware.md), their HTTP side and
+    TLS."""
 
     tracing: bool = True
     metrics: bool = True
+    metrics_buckets: LatencyBuckets = LATENCY_BUCKETS
+    # The HTTP side (probes.py): a server starts it, a process without one on its first connect()
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str | None = None  # unset: the listen host, else 0.0.0.0 (docs/security.md)
     call_log: bool = True
     slow_call: Duration = 0.5
     deadline: bool = True
     tls_cert: CertificateFile = None
     tls_key: PrivateKeyFile = Field(default=None, validate_default=True)
     tls_ca: CertificateFile = None
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _bindable_host(cls, host: str | None) -> str | None:
+        if host is None or not host.strip():
+            return None  # unset (or set empty): the listen host
+        return check_bind_host(host)
 
     @field_validator("tls_key")
     @classmethod
@@ -286,8 +338,6 @@ class ServerSettings(EtcdSettings, MiddlewareSettings):
     max_connection_age_grace: Duration = 10.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    metrics_host: str | None = None  # unset: the listen host (docs/security.md)
     reflection: bool = True
     recovery: bool = True
     shed_cpu: float | None = Field(default=None, gt=0, le=100)
@@ -306,13 +356,6 @@ class ServerSettings(EtcdSettings, MiddlewareSettings):
         if host is None or not host.strip():
             return None  # unset (or set empty): worked out at start-up, see netaddr
         return check_advertise_host(host)
-
-    @field_validator("metrics_host")
-    @classmethod
-    def _bindable_host(cls, host: str | None) -> str | None:
-        if host is None or not host.strip():
-            return None  # unset (or set empty): the listen host
-        return check_bind_host(host)
 
     @field_validator("tls_ca")
     @classmethod

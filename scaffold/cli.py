@@ -25,7 +25,7 @@ from gz.durations import parse_duration
 from gz.logs import count
 from gz.netaddr import parse_host_port
 
-from . import browse, endpoints, gen, handlers, health, kube, settings_report
+from . import browse, debug, endpoints, gen, handlers, health, kube, settings_report
 from . import call as calling
 from .errors import BadInput, Failed
 from .kube_objects import Shutdown
@@ -516,6 +516,7 @@ class _Server:
         includes: tuple[Path, ...],
     ) -> _Server:
         settings = endpoints.client_settings()  # a bad GZ_* value is bad input: exit 2
+        endpoints.trace_as_cli(settings)  # so is a bad OTEL_* value
         resolver = endpoints.resolver_for(target, settings)  # so is a malformed target
         metadata = [calling.parse_header(text) for text in headers]
         if includes and not protos:
@@ -653,6 +654,7 @@ def health_command(target: str, service: str, timeout: float) -> None:
     Example: gz health k8s://shop/greeter:grpc --service greeter.v1.Greeter
     """
     settings = endpoints.client_settings()
+    endpoints.trace_as_cli(settings)
     resolver = endpoints.resolver_for(target, settings)
 
     async def check() -> dict[str, str]:
@@ -667,6 +669,24 @@ def health_command(target: str, service: str, timeout: float) -> None:
         raise Failed(f"{resolver.target}: no endpoints")
     if bad:
         raise Failed(f"{len(bad)} of {count(len(statuses), 'endpoint')} not SERVING")
+
+
+# -- gz debug ----------------------------------------------------------------------------------
+@main.command("debug")
+@click.argument("address", metavar="HOST:PORT")
+@click.option("--watch", is_flag=True, help="Keep refreshing the view until Ctrl-C.")
+@click.option(
+    "--interval", type=DURATION, default="2s", show_default=True, help="How often --watch reads."
+)
+def debug_command(address: str, watch: bool, interval: float) -> None:
+    """What a process's client channels see: per target the resolver, the retry budget and each
+    endpoint's connectivity, health, load and outlier state (its /debug/targets).
+
+    HOST:PORT is the process's HTTP side (GZ_METRICS_PORT).
+
+    Example: gz debug 10.0.0.7:9090 --watch
+    """
+    debug.show(address, watch, interval)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ from collections.abc import Callable
 
 import gz
 from gz.discovery import Endpoint, Listener, build_resolver
+from gz.middleware.tracing import configure_tracing
 
 from .errors import BadInput, Failed
+
+CLI_SERVICE_NAME = "gz-cli"  # service.name of the spans of gz call, list, describe and health
 
 
 def client_settings() -> gz.ClientSettings:
@@ -18,6 +21,17 @@ def client_settings() -> gz.ClientSettings:
         return gz.ClientSettings.from_env()
     except gz.SettingsError as error:
         raise BadInput(str(error)) from None
+
+
+def trace_as_cli(settings: gz.ClientSettings) -> None:
+    """Set tracing up (OTEL_TRACES_EXPORTER) before connect() would, naming the service
+    ``gz-cli`` unless OTEL_SERVICE_NAME names it: the CLI's spans are then not
+    ``unknown_service``. A bad OTEL_* value is bad input."""
+    if settings.tracing:
+        try:
+            configure_tracing(CLI_SERVICE_NAME)
+        except gz.SettingsError as error:
+            raise BadInput(str(error)) from None
 
 
 def resolver_for(target: str, settings: gz.ClientSettings | None = None) -> gz.Resolver:

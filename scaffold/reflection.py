@@ -11,6 +11,8 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from gz.middleware.tracing import untraced
+
 from .errors import BadInput, Failed
 from .schema import Schema
 
@@ -55,19 +57,9 @@ class Reflection(Schema):
 
     async def _ask(self, **question: str) -> reflection_pb2.ServerReflectionResponse:
         request = reflection_pb2.ServerReflectionRequest(**question)
-        answers = []
         try:
-            for attempt in range(_ATTEMPTS):
-                call = self._stub.ServerReflectionInfo(
-                    stream_of([request]), timeout=self._timeout, metadata=self._metadata
-                )
-                try:
-                    # read to the end: the server closes the stream once our request is answered
-                    answers = [response async for response in call]
-                    break
-                except grpc.aio.AioRpcError as error:
-                    if not _lost_status(error) or attempt == _ATTEMPTS - 1:
-                        raise
+            with untraced():  # the tool's own look-up, not a call the user asked for: no spans
+                answers = await self._read(request)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED or _lost_status(error):
                 raise Failed(
@@ -83,6 +75,21 @@ class Reflection(Schema):
             unknown = _Unknown if error.error_code == _NOT_FOUND else BadInput
             raise unknown(f"server reflection: {error.error_message or error.error_code}")
         return answers[0]
+
+    async def _read(
+        self, request: reflection_pb2.ServerReflectionRequest
+    ) -> list[reflection_pb2.ServerReflectionResponse]:
+        for attempt in range(_ATTEMPTS):
+            call = self._stub.ServerReflectionInfo(
+                stream_of([request]), timeout=self._timeout, metadata=self._metadata
+            )
+            try:
+                # read to the end: the server closes the stream once our request is answered
+                return [response async for response in call]
+            except grpc.aio.AioRpcError as error:
+                if not _lost_status(error) or attempt == _ATTEMPTS - 1:
+                    raise
+        return []  # not reached: the last attempt returns or raises
 
     async def services(self) -> list[str]:
         response = await self._ask(list_services="")

@@ -106,7 +106,7 @@ def _format(value: object) -> str:
         return str(value).lower()
     if isinstance(value, float):
         return f"{value:g}"
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # GZ_METRICS_BUCKETS is a tuple
         return ",".join(map(str, value)) or '""'
     if isinstance(value, dict):
         return ",".join(f"{key}={_format(item)}" for key, item in value.items()) or '""'

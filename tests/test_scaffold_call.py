@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from click.testing import CliRunner
+from opentelemetry.semconv.attributes.server_attributes import SERVER_PORT
+from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
 from gz.scaffold.cli import main
 
@@ -194,3 +199,26 @@ def test_shell_completion_script():
     result = CliRunner().invoke(main, [], env={"_GZ_COMPLETE": "bash_source"}, prog_name="gz")
     assert result.exit_code == 0
     assert "_GZ_COMPLETE=bash_complete" in result.stdout
+
+
+def test_call_spans_name_the_cli_and_leave_reflection_out(replicas):
+    """With tracing on, gz call's spans name the service gz-cli, and its reflection look-ups
+    make none: one client span, for the call asked for. (A process of its own: tracing is set
+    up once per process.)"""
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console"}
+    env.pop("OTEL_SERVICE_NAME", None)
+    command = [sys.executable, "-m", "gz.scaffold.cli", "call", replicas[0].address, "SayHello"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    decoder, documents, index = json.JSONDecoder(), [], 0
+    while index < len(done.stdout):  # the reply, then the spans: JSON objects one after another
+        document, index = decoder.raw_decode(done.stdout, index)
+        documents.append(document)
+        while index < len(done.stdout) and done.stdout[index].isspace():
+            index += 1
+    spans = [d for d in documents if "kind" in d]
+    assert [s["name"] for s in spans] == ["greeter.v1.Greeter/SayHello"]
+    (span,) = spans
+    assert span["kind"] == "SpanKind.CLIENT"
+    assert span["resource"]["attributes"][SERVICE_NAME] == "gz-cli"
+    assert span["attributes"][SERVER_PORT] == int(replicas[0].address.rpartition(":")[2])

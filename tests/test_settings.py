@@ -6,7 +6,13 @@ import pytest
 
 from gz import netaddr, variables
 from gz.durations import parse_duration
-from gz.settings import ClientSettings, EtcdSettings, ServerSettings, SettingsError
+from gz.settings import (
+    LATENCY_BUCKETS,
+    ClientSettings,
+    EtcdSettings,
+    ServerSettings,
+    SettingsError,
+)
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
@@ -22,6 +28,9 @@ def test_defaults_without_any_variable():
     assert (client.balancer, client.timeout, client.discovery, client.health_check) == (
         "p2c_ewma", None, None, True,
     )  # fmt: skip
+    assert client.metrics_buckets == server.metrics_buckets == LATENCY_BUCKETS
+    assert (LATENCY_BUCKETS[0], LATENCY_BUCKETS[-1]) == (0.0001, 10.0)  # 100 µs to 10 s
+    assert (client.metrics_port, client.metrics_host) == (None, None)  # no HTTP side
 
 
 @pytest.mark.parametrize(
@@ -75,6 +84,9 @@ def test_server_variable_is_read(clean_environment, variable, text, field, value
         ("GZ_DISCOVERY", "dns", "discovery", "dns"),
         ("GZ_HEALTH_CHECK", "false", "health_check", False),
         ("GZ_ETCD_ENDPOINTS", "etcd-0.etcd:2379", "etcd_endpoints", ["etcd-0.etcd:2379"]),
+        ("GZ_METRICS_BUCKETS", "0.0005, 0.001,1e-1", "metrics_buckets", (0.0005, 0.001, 0.1)),
+        ("GZ_METRICS_PORT", "9091", "metrics_port", 9091),  # a process that only calls
+        ("GZ_METRICS_HOST", "127.0.0.1", "metrics_host", "127.0.0.1"),
     ],
 )
 def test_client_variable_is_read(clean_environment, variable, text, field, value):
@@ -178,6 +190,12 @@ def test_a_bad_value_is_one_line_naming_variable_and_value(
         ("GZ_ETCD_TTL", "1s", "2s to 1h"),
         ("GZ_ADVERTISE_HOST", "0.0.0.0", "wildcard that no client can dial"),
         ("GZ_ADVERTISE_HOST", "10.0.0.1:80", "without a port"),
+        ("GZ_METRICS_BUCKETS", "1ms,10ms", "'1ms' is not seconds"),
+        ("GZ_METRICS_BUCKETS", "0.1,0.01", "the bounds must increase"),
+        ("GZ_METRICS_BUCKETS", "0,0.1", "a positive number of seconds (+Inf is always added)"),
+        ("GZ_METRICS_BUCKETS", "0.1,+Inf", "(+Inf is always added)"),
+        ("GZ_METRICS_BUCKETS", "0.1,,1", "'' is not seconds"),
+        ("GZ_METRICS_BUCKETS", " ", "set but empty"),
     ],
 )
 def test_a_bad_value_says_what_to_do(clean_environment, variable, text, advice):

@@ -40,6 +40,7 @@ from .calls import (
 )
 from .picker import Picker
 from .pool import SubchannelPool
+from .snapshot import channel_view, register, unregister
 from .subchannel import State, Subchannel
 
 log = logging.getLogger("gz.balancing")
@@ -101,6 +102,7 @@ class BalancedChannel(grpc.aio.Channel):
         # shares it, so per-method work (binding middleware, grpc callables per subchannel) is
         # done once however many stubs are made, and the caches stay bounded.
         self._callables: dict[tuple[Any, ...], _MultiCallable] = {}
+        register(self)  # listed on /debug/targets until closed
 
     # -- resolution ---------------------------------------------------------------------------
     def _start(self) -> SubchannelPool:
@@ -166,6 +168,12 @@ class BalancedChannel(grpc.aio.Channel):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pool.wait_for_change(), remaining)
 
+    def snapshot(self) -> dict[str, Any]:
+        """What the channel sees now, as plain data (what /debug/targets shows): its resolver,
+        retry budget and, per endpoint, connectivity, health, load and outlier state. Call it
+        in the event loop the channel is used in."""
+        return channel_view(self, self._pool)
+
     @property
     def endpoints(self) -> list[Endpoint]:
         """The endpoints currently resolved (empty before first use)."""
@@ -183,6 +191,7 @@ class BalancedChannel(grpc.aio.Channel):
         if self._closed:
             return
         self._closed = True
+        unregister(self)
         if self._resolving is not None:
             self._resolving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -274,7 +283,7 @@ class _MultiCallable:
                  serializer: Any, deserializer: Any, registered: bool) -> None:  # fmt: skip
         name = method.decode() if isinstance(method, bytes) else method
         self._channel = channel
-        self.method = Method(name, kind, "client")
+        self.method = Method(name, kind, "client", channel.target)
         self._factory = kind.name.lower()  # the grpc.aio.Channel method making this kind
         self._serializer = serializer
         self._deserializer = deserializer

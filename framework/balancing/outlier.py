@@ -81,3 +81,8 @@ class Outcomes:
 
     def is_ejected(self) -> bool:
         return self.ejected_until > 0.0
+
+    def recent(self, now: float) -> tuple[int, int]:
+        """(calls, failures) over the last WINDOW seconds, since the last ejection (for
+        /debug/targets: read in the event loop, as it slides the windows)."""
+        return self._calls.value(now), self._failures.value(now)

@@ -52,6 +52,8 @@ class SubchannelPool:
         self.subchannels: dict[Endpoint, Subchannel] = {}
         self.resolved = False
         self.last_error: str | None = None
+        self.updated_at: float | None = None  # time.monotonic() of the resolver's last set
+        self.loop = asyncio.get_running_loop()  # the one thread that changes this state
         self._make_channel = make_channel
         self._picker_class = picker_class
         self._on_failure = on_failure
@@ -80,6 +82,7 @@ class SubchannelPool:
                 self.target, count(len(endpoints), "endpoint"), len(added), len(removed),
             )  # fmt: skip
         self.resolved, self.last_error = True, None
+        self.updated_at = time.monotonic()
         self._rebuild()
 
     def error(self, message: str) -> None:

@@ -44,7 +44,7 @@ class Subchannel:
 
     __slots__ = (
         "_health_channel", "_on_change", "_on_outlier", "_tasks", "callables", "channel",
-        "endpoint", "load", "outcomes", "peer", "serving", "state",
+        "endpoint", "health_known", "load", "outcomes", "peer", "serving", "state",
     )  # fmt: skip
 
     def __init__(
@@ -59,6 +59,7 @@ class Subchannel:
         self.channel = channel
         self.state = State.IDLE
         self.serving = True  # until the health service says otherwise
+        self.health_known = False  # the health service has answered (for /debug/targets)
         self.callables: dict[object, object] = {}
         self.load = Load(time.monotonic())
         self.outcomes = Outcomes()
@@ -147,6 +148,7 @@ class Subchannel:
             call.cancel()
 
     def _set_serving(self, serving: bool) -> None:
+        self.health_known = True
         if serving != self.serving:
             self.serving = serving
             self._on_change(self, not serving)

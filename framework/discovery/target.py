@@ -105,3 +105,26 @@ def expand_bare_name(
         )
     port = port or _DEFAULT_PORTS.get(discovery, "")
     return _DISCOVERY_TEMPLATES[discovery].format(name=name, port=port)
+
+
+def server_of(text: str) -> tuple[str, int | None] | None:
+    """The logical server a target names, as OpenTelemetry's ``server.address`` and
+    ``server.port`` describe it: the host and port of ``dns:///`` and of a one-endpoint
+    ``direct:///`` target, ``service.namespace`` of ``k8s://`` (the port when it is a number),
+    the key of ``etcd:///``. None when the target names no single server (several direct
+    endpoints, a resolver of one's own)."""
+    try:
+        target = parse_target(text)
+    except TargetError:
+        return None
+    if target.scheme == "etcd":
+        return target.endpoint, None
+    if "," in target.endpoint:  # several direct endpoints
+        return None
+    host, _, port = target.endpoint.rpartition(":")
+    host = host[1:-1] if host.startswith("[") else host  # IPv6: the address has no brackets
+    if target.scheme == "k8s" and target.authority:
+        host = f"{host}.{target.authority}"
+    if not host:
+        return None
+    return host, int(port) if port.isascii() and port.isdigit() else None

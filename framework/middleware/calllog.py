@@ -1,20 +1,20 @@
 """The call log: one structured line per failed or slow call, never the request or response.
 
-Fields: side, method, peer, code, duration_ms, and trace_id / error_id when there are any. With
-GZ_LOG_FORMAT=json each is a JSON field; in text they follow the message as key=value.
+Fields: side, method, peer, code, duration_ms, and error_id when there is one. With
+GZ_LOG_FORMAT=json each is a JSON field; in text they follow the message as key=value. The line is
+written with the call's span current, so it carries trace_id and span_id as every line does.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 import grpc
 
 from .chain import CallContext, CallObserver
 from .outcome import OK, call_code
-from .tracing import SPAN
+from .tracing import call_span_current
 
 log = logging.getLogger("gz.call")
 # A library convention: in a process that has not set up logging (a command-line client), the
@@ -48,26 +48,10 @@ class CallLog(CallObserver):
             "code": code.name,
             "duration_ms": round(duration * 1000, 3),
         }
-        trace_id = _trace_id(ctx)
-        if trace_id:
-            fields["trace_id"] = trace_id
         if "error_id" in ctx.state:
             fields["error_id"] = ctx.state["error_id"]
         what = "slow call" if code is OK else "call failed"
         level = logging.ERROR if code in SERVICE_FAULTS else logging.WARNING
         details = " ".join(f"{key}={value}" for key, value in fields.items())
-        log.log(level, "%s %s", what, details, extra=fields)
-
-
-def _trace_id(ctx: CallContext) -> str | None:
-    """The trace id, in hex, of the call's own span (the tracing middleware leaves it in
-    ``ctx.state``; the client span is never current), else of the current span, if any."""
-    if "opentelemetry.trace" not in sys.modules:
-        return None
-    span = ctx.state.get(SPAN)
-    if span is None:
-        from opentelemetry import trace
-
-        span = trace.get_current_span()
-    span_context = span.get_span_context()
-    return format(span_context.trace_id, "032x") if span_context.is_valid else None
+        with call_span_current(ctx):
+            log.log(level, "%s %s", what, details, extra=fields)

@@ -39,6 +39,7 @@ class Method:
     full_name: str  # "/greeter.v1.Greeter/SayHello"
     kind: Kind
     side: Literal["client", "server"]
+    target: str | None = None  # client: the channel's target, "dns:///greeter:8080"
 
     @property
     def service(self) -> str:

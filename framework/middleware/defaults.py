@@ -58,7 +58,9 @@ def _observing(settings: ServerSettings | ClientSettings, service_name: str) -> 
     if settings.metrics:
         from .metrics import Metrics  # prometheus_client: imported only when used
 
-        chain.append(Metrics())
+        # exemplars follow tracing: on when Tracing() takes part (a tracer provider is set)
+        exemplars = None if settings.tracing else False
+        chain.append(Metrics(settings.metrics_buckets, exemplars=exemplars))
     if settings.call_log:
         chain.append(CallLog(settings.slow_call))
     return chain

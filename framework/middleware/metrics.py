@@ -9,7 +9,9 @@ service's own metrics appear on the same /metrics page.
 
 Calls are counted in plain integers per method, on the event loop thread that runs every chain,
 and turned into metric families only when /metrics is scraped: a call costs a few additions
-instead of prometheus_client's locked updates.
+instead of prometheus_client's locked updates. The latency buckets are GZ_METRICS_BUCKETS (100 µs
+to 10 s by default). With tracing on, each bucket also keeps the trace id of its latest sampled
+call, shown as an exemplar in the OpenMetrics exposition (the classic text format has none).
 """
 
 from __future__ import annotations
@@ -18,21 +20,22 @@ import bisect
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import grpc
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 from ..discovery import Endpoint, Resolver
 from ..discovery.resolver import Listener
+from ..settings import LATENCY_BUCKETS
 from .chain import CallContext, CallObserver, Kind, Method, Middleware
 from .outcome import GO_CODE_NAMES, call_code
 from .retry import ATTEMPT
-
-# prometheus.DefBuckets of the Go client, which go-grpc-prometheus uses.
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+from .tracing import SPAN, tracer_provider
 
 GRPC_TYPES = {
     Kind.UNARY_UNARY: "unary",
@@ -45,18 +48,60 @@ GRPC_TYPES = {
 class MethodStats:
     """The counts of one method on one side."""
 
-    __slots__ = ("buckets", "handled", "labels", "received", "retries", "sent", "started", "sum")
+    __slots__ = (
+        "bounds", "buckets", "exemplar_at", "exemplar_seconds", "exemplar_trace", "handled",
+        "labels", "received", "retries", "sent", "started", "sum",
+    )  # fmt: skip
 
-    def __init__(self, method: Method) -> None:
+    def __init__(self, method: Method, bounds: tuple[float, ...]) -> None:
         self.labels = (GRPC_TYPES[method.kind], method.service, method.name)
         self.started = self.received = self.sent = self.retries = 0
         self.handled: dict[grpc.StatusCode, int] = {}
-        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
+        # Per bucket, its latest sampled traced call: trace id (0: none yet), duration and
+        # perf_counter() at its end; three lists of plain numbers, so a call allocates nothing.
+        self.exemplar_trace = [0] * len(self.buckets)
+        self.exemplar_seconds = [0.0] * len(self.buckets)
+        self.exemplar_at = [0.0] * len(self.buckets)
 
-    def observe(self, seconds: float) -> None:
-        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+    def observe(self, seconds: float) -> int:
+        """Count a call; its bucket's index."""
+        bucket = bisect.bisect_left(self.bounds, seconds)
+        self.buckets[bucket] += 1
         self.sum += seconds
+        return bucket
+
+    def exemplar(self, bucket: int, span: Any, seconds: float, at: float) -> None:
+        """Link ``bucket`` to the trace of ``span`` if it is sampled (exported: worth a link)."""
+        context = span.get_span_context()
+        if context.trace_flags.sampled:
+            self.exemplar_trace[bucket] = context.trace_id
+            self.exemplar_seconds[bucket] = seconds
+            self.exemplar_at[bucket] = at
+
+    def histogram(self, wall_offset: float) -> list[tuple[Any, ...]]:
+        """The cumulative buckets for HistogramMetricFamily, with their exemplars;
+        ``wall_offset`` turns perf_counter() into Unix time."""
+        cumulative: list[tuple[Any, ...]] = []
+        total = 0
+        for bucket, le in enumerate(_le_labels(self.bounds)):
+            total += self.buckets[bucket]
+            trace = self.exemplar_trace[bucket]
+            if trace:
+                labels = {"trace_id": format(trace, "032x")}
+                at = wall_offset + self.exemplar_at[bucket]
+                cumulative.append((le, total, Exemplar(labels, self.exemplar_seconds[bucket], at)))
+            else:
+                cumulative.append((le, total))
+        return cumulative
+
+
+@functools.cache
+def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The ``le`` label values, as prometheus_client writes them, and +Inf."""
+    return (*map(floatToGoString, bounds), "+Inf")
 
 
 class GrpcCollector:
@@ -67,16 +112,18 @@ class GrpcCollector:
         self._lock = threading.Lock()  # methods are added by the loop while a scrape iterates
         self.picks: dict[str, int] = {}
 
-    def stats(self, method: Method) -> MethodStats:
-        """One MethodStats per method and side, shared by every channel and server."""
+    def stats(self, method: Method, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> MethodStats:
+        """One MethodStats per method and side, shared by every channel and server: the first
+        to count a method chooses its buckets (all read GZ_METRICS_BUCKETS)."""
         key = (method.side, method.full_name)
         with self._lock:
-            return self._stats.setdefault(key, MethodStats(method))
+            return self._stats.setdefault(key, MethodStats(method, bounds))
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             stats = list(self._stats.items())
         labels = ["grpc_type", "grpc_service", "grpc_method"]
+        wall_offset = time.time() - time.perf_counter()
         for side in ("server", "client"):
             where = "on the server" if side == "server" else "on the client"
             started = CounterMetricFamily(
@@ -108,11 +155,7 @@ class GrpcCollector:
                 started.add_metric(stat.labels, stat.started)
                 for code, count in list(stat.handled.items()):
                     handled.add_metric([*stat.labels, GO_CODE_NAMES[code]], count)
-                cumulative, total = [], 0
-                for bound, count in zip((*BUCKETS, float("inf")), stat.buckets, strict=True):
-                    total += count
-                    cumulative.append(("+Inf" if bound == float("inf") else str(bound), total))
-                handling.add_metric(stat.labels, cumulative, stat.sum)
+                handling.add_metric(stat.labels, stat.histogram(wall_offset), stat.sum)
                 received.add_metric(stat.labels, stat.received)
                 sent.add_metric(stat.labels, stat.sent)
             yield from (started, handled, handling, received, sent)
@@ -142,21 +185,35 @@ def collector() -> GrpcCollector:
 
 
 class Metrics(Middleware):
-    """Counts and times every call of the methods it is composed into."""
+    """Counts and times every call of the methods it is composed into.
+
+    ``buckets``: the latency histograms' upper bounds in seconds, increasing
+    (GZ_METRICS_BUCKETS). ``exemplars``: keep the trace id of each bucket's latest sampled call,
+    from the span a Tracing middleware outside this one keeps in the call's state. None (the
+    default) does so when a global tracer provider is set, as ``Tracing()`` takes part only
+    then; True for a chain whose Tracing has a provider of its own; False never.
+    """
+
+    def __init__(
+        self, buckets: Sequence[float] = LATENCY_BUCKETS, *, exemplars: bool | None = None
+    ) -> None:
+        self._buckets = tuple(buckets)
+        self._exemplars = exemplars
 
     def for_method(self, method: Method) -> Middleware:
-        if method.kind is Kind.UNARY_UNARY:
-            return _UnaryMetrics(method, collector())
-        return _StreamingMetrics(method, collector())
+        exemplars = tracer_provider() is not None if self._exemplars is None else self._exemplars
+        observer = _UnaryMetrics if method.kind is Kind.UNARY_UNARY else _StreamingMetrics
+        return observer(method, collector().stats(method, self._buckets), exemplars)
 
 
 class _UnaryMetrics(CallObserver):
     """One request, one response: begin and end are all there is, so a client's unary calls
     keep the channel's fast path."""
 
-    def __init__(self, method: Method, grpc_collector: GrpcCollector) -> None:
-        self.stats = grpc_collector.stats(method)
-        self._picks = grpc_collector.picks if method.side == "client" else None
+    def __init__(self, method: Method, stats: MethodStats, exemplars: bool) -> None:
+        self.stats = stats
+        self._exemplars = exemplars  # tracing is on: look for the call's span
+        self._picks = collector().picks if method.side == "client" else None
         self._server = method.side == "server"
         self._one_request = not method.kind.request_streaming  # counted as the call begins
         self._one_response = not method.kind.response_streaming  # counted as it ends well
@@ -171,7 +228,11 @@ class _UnaryMetrics(CallObserver):
 
     def end(self, ctx: CallContext, started: float, error: BaseException | None) -> None:
         stats = self.stats
-        stats.observe(time.perf_counter() - started)
+        now = time.perf_counter()
+        seconds = now - started
+        bucket = stats.observe(seconds)
+        if self._exemplars and (span := ctx.state.get(SPAN)) is not None:
+            stats.exemplar(bucket, span, seconds, now)
         code = call_code(ctx, error)
         stats.handled[code] = stats.handled.get(code, 0) + 1
         if self._picks is not None and (peer := ctx.peer) is not None:

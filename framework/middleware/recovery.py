@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from .chain import CallContext, Method, Middleware, StreamHandler, UnaryHandler
+from .tracing import call_span_current
 
 log = logging.getLogger("gz.recovery")
 
@@ -57,10 +58,11 @@ def status_chosen(ctx: CallContext, error: Exception) -> bool:
 async def _abort(ctx: CallContext, error: Exception) -> None:
     error_id = uuid.uuid4().hex[:16]
     ctx.state["error"], ctx.state["error_id"] = error, error_id
-    log.error(
-        "%s raised %s (error id %s)", ctx.method.full_name, type(error).__name__, error_id,
-        exc_info=error, extra={"method": ctx.method.full_name, "error_id": error_id},
-    )  # fmt: skip
+    with call_span_current(ctx):  # a tracing middleware inside recovery has ended its span
+        log.error(
+            "%s raised %s (error id %s)", ctx.method.full_name, type(error).__name__, error_id,
+            exc_info=error, extra={"method": ctx.method.full_name, "error_id": error_id},
+        )  # fmt: skip
     assert ctx.servicer_context is not None
     await ctx.servicer_context.abort(
         grpc.StatusCode.INTERNAL, f"internal error (error id {error_id})"

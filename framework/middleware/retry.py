@@ -132,6 +132,11 @@ class RetryBudget:
         """Count one call, not its retries (``now``: time.monotonic())."""
         self._calls.add(now)
 
+    def usage(self, now: float) -> tuple[int, int, float]:
+        """(calls, retries, retries allowed) over the window ending at ``now``, for
+        /debug/targets (read in the event loop, as it slides the windows)."""
+        return self._calls.value(now), self._retries.value(now), self.allowed(now)
+
     def try_spend(self, now: float) -> bool:
         """Take a retry token; False when the window's retries are used up."""
         if self._retries.value(now) + 1 > self.allowed(now):

@@ -10,9 +10,11 @@ only then, so ``import gz`` stays fast.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -26,6 +28,26 @@ from .retry import ATTEMPT
 # Where a call's span is kept in ctx.state, for the call log: a client span is never current.
 SPAN = "span"
 
+
+@contextmanager
+def call_span_current(ctx: CallContext) -> Iterator[None]:
+    """Makes the call's span current while a line about the call is logged, so the line carries
+    its ids (gz.logs.TraceIds): a client span is never current, and a server span is no longer
+    once a tracing middleware inside the writer has ended it. Without one, the current span
+    stays."""
+    span = ctx.state.get(SPAN)
+    if span is None:
+        yield
+        return
+    from opentelemetry import context, trace
+
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 # The codes that make a *server* span an error (OpenTelemetry's gRPC conventions); on the client
 # every code but OK does.
 SERVER_ERROR_CODES = frozenset(
@@ -38,6 +60,7 @@ SERVER_ERROR_CODES = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+CLIENT_ERROR_CODES = frozenset(grpc.StatusCode) - {OK}
 
 
 def tracer_provider() -> Any | None:
@@ -94,6 +117,22 @@ def _exporters(names: Iterable[str]) -> list[Any]:
     return exporters
 
 
+@contextmanager
+def untraced() -> Iterator[None]:
+    """Client calls made inside make no spans (OpenTelemetry's suppress-instrumentation flag,
+    which gz's client spans honour): for a tool's own look-ups, such as gz call's reflection."""
+    if "opentelemetry.context" not in sys.modules:  # no spans to suppress
+        yield
+        return
+    from opentelemetry import context
+
+    token = context.attach(context.set_value(context._SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 class Tracing(Middleware):
     """Spans for calls on either side. ``tracer_provider`` defaults to the global one."""
 
@@ -113,36 +152,42 @@ class Tracing(Middleware):
 
 
 class _Spans(CallObserver):
+    _errors = CLIENT_ERROR_CODES
+
     def __init__(self, tracer: Any, method: Method) -> None:
         from opentelemetry import context, propagate, trace
+
+        from . import spanattributes
 
         self._tracer, self._trace = tracer, trace
         self._context, self._propagate = context, propagate
         self._name = method.full_name.lstrip("/")
-        self._attributes = {
-            "rpc.system": "grpc",
-            "rpc.service": method.service,
-            "rpc.method": method.name,
-        }
+        # Worked out now, so that a call only looks its attributes up (spanattributes.py).
+        self._attributes = spanattributes.method_attributes(method)
+        self._ended = spanattributes.status_attributes(self._errors)
+        if method.side == "server":
+            self._peer = spanattributes.grpc_peer  # ipv4:10.0.0.9:51234, from context.peer()
+        else:  # the endpoint, 10.0.0.7:8080; also the server when the target names none
+            as_server = spanattributes.SERVER_ADDRESS not in self._attributes
+            self._peer = functools.partial(spanattributes.endpoint_peer, as_server=as_server)
 
     def _finish(self, span: Any, ctx: CallContext, error: BaseException | None) -> None:
         code = call_code(ctx, error)
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if ctx.peer:
-            span.set_attribute("network.peer.address", ctx.peer)
+        span.set_attributes(self._ended[code])
+        if peer := ctx.peer:
+            span.set_attributes(self._peer(peer))
         error_id = ctx.state.get("error_id")
         if error_id is not None:
             span.set_attribute("gz.error_id", error_id)
             span.record_exception(ctx.state["error"])
-        if self._is_error(code):
+        if code in self._errors:
             span.set_status(self._trace.StatusCode.ERROR, code.name)
         span.end()
 
-    def _is_error(self, code: grpc.StatusCode) -> bool:
-        return code is not OK
-
 
 class _ServerSpans(_Spans):
+    _errors = SERVER_ERROR_CODES
+
     def _start(self, ctx: CallContext) -> tuple[Any, Any]:
         """The call's span, and the OpenTelemetry context with it current."""
         parent = self._propagate.extract(ctx.metadata, getter=_GETTER)
@@ -162,9 +207,6 @@ class _ServerSpans(_Spans):
         self._context.detach(attached)
         self._finish(span, ctx, error)
 
-    def _is_error(self, code: grpc.StatusCode) -> bool:
-        return code in SERVER_ERROR_CODES
-
 
 class _ServerStreamSpans(_ServerSpans):
     def begin(self, ctx: CallContext) -> Any:
@@ -181,7 +223,15 @@ class _ServerStreamSpans(_ServerSpans):
 
 
 class _ClientSpans(_Spans):
+    def __init__(self, tracer: Any, method: Method) -> None:
+        super().__init__(tracer, method)
+        from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+
+        self._suppressed = _SUPPRESS_INSTRUMENTATION_KEY
+
     def begin(self, ctx: CallContext) -> Any:
+        if self._context.get_value(self._suppressed):
+            return None  # inside untraced(), or OpenTelemetry's own exporting
         attributes = {**self._attributes, "gz.attempt": ctx.state.get(ATTEMPT, 1)}
         span = self._tracer.start_span(
             self._name, kind=self._trace.SpanKind.CLIENT, attributes=attributes
@@ -193,7 +243,8 @@ class _ClientSpans(_Spans):
         return span
 
     def end(self, ctx: CallContext, span: Any, error: BaseException | None) -> None:
-        self._finish(span, ctx, error)
+        if span is not None:
+            self._finish(span, ctx, error)
 
 
 class _MetadataGetter:
