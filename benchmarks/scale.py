@@ -1,9 +1,12 @@
-"""6. Scale: pick time, update time and memory with 10, 100 and 1,000 endpoints.
+"""6. Scale: pick time, update time and memory with 10, 100, 1,000 and 10,000 endpoints.
 
 Pick: a picker of each balancer over N subchannels, timed over many picks. Update: a channel on a
 ManualResolver; the time the resolver's update takes to apply N endpoints at once, then one
-endpoint replaced at a time. Memory: RSS growth once the N subchannels are connected (one raw
-server process listening on N ports), per subchannel, and the same for N raw grpc.aio channels.
+endpoint replaced at a time (``one_change``: from the resolver's list of addresses; ``pool_change``:
+the pool alone, given the resolver's set). Memory: RSS growth once the N subchannels are connected
+(raw server processes listening on N ports, 5,000 each), per subchannel, and the same for N raw
+grpc.aio channels (not at 10,000). A second table: the same channel with subsetting off and on
+(GZ_SUBSET_SIZE=32), whole-process RSS growth.
 
     python -m benchmarks.scale [--quick] [--json]
 """
@@ -20,12 +23,15 @@ import grpc
 import gz
 from gz.balancing import PICKERS, Subchannel
 from gz.discovery import Endpoint
+from gz.settings import ClientSettings
 from tests.support import free_port
 
 from .harness import Children, serving
 from .report import Result, Row, scenario_main
 
 CONNECT_TIMEOUT = 60.0
+PORTS_PER_SERVER = 5000  # a server holds a listening and an accepted socket per port
+SUBSET = 32
 
 
 def free_ports(count: int) -> list[int]:
@@ -75,25 +81,53 @@ async def until_connected(count: int, baseline: int) -> float:
     raise TimeoutError(f"{count} connections not made within {CONNECT_TIMEOUT}s")
 
 
-async def balanced_figures(addresses: list[str], changes: int) -> Row:
+def subset_settings(size: int) -> ClientSettings | None:
+    """Client settings with GZ_SUBSET_SIZE=size (0: off); None where gz has no subsetting."""
+    if "subset_size" not in ClientSettings.model_fields:
+        return None
+    return ClientSettings.from_env().model_copy(update={"subset_size": size})
+
+
+def pool_change_ms(channel: gz.BalancedChannel, changes: int) -> float | None:
+    """The pool's own work for one endpoint changed, given the resolver's set (as etcd and
+    Kubernetes push it: unchanged endpoints are the same objects); None if it has no pool."""
+    pool = getattr(channel, "_pool", None)
+    if pool is None:
+        return None
+    full = frozenset(getattr(pool, "endpoints", None) or pool.subchannels)
+    ordered = sorted(full)
+    started = time.perf_counter()
+    for endpoint in ordered[:changes]:
+        pool.update(full - {endpoint})
+        pool.update(full)
+    return (time.perf_counter() - started) / (2 * changes) * 1000
+
+
+async def balanced_figures(addresses: list[str], changes: int, subset: int = 0) -> Row:
     resolver = gz.ManualResolver([])
-    channel = gz.connect(resolver)
+    channel = gz.connect(resolver, settings=subset_settings(subset))
     await channel.__aenter__()
     await asyncio.sleep(0.1)  # the resolver's watch has started and pushed the empty set
+    await settled_sockets()
     baseline, memory = open_sockets(), rss_bytes()
     started = time.perf_counter()
     resolver.set_endpoints(addresses)
     first_update = time.perf_counter() - started
-    connected = await until_connected(len(addresses), baseline)
-    per_subchannel = (rss_bytes() - memory) / len(addresses)
+    pool = getattr(channel, "_pool", None)
+    subchannels = len(pool.subchannels) if pool is not None else len(addresses)
+    connected = await until_connected(subchannels, baseline)
+    growth = rss_bytes() - memory
     started = time.perf_counter()
     for index in range(changes):  # swap one endpoint out and back in
         resolver.set_endpoints(addresses[:index] + addresses[index + 1 :])
         resolver.set_endpoints(addresses)
     one_change = (time.perf_counter() - started) / (2 * changes)
+    row: Row = {"first_update_ms": first_update * 1000, "one_change_ms": one_change * 1000,
+                "pool_change_ms": pool_change_ms(channel, changes), "connected_s": connected,
+                "subchannels": subchannels, "rss_mib": growth / 2**20,
+                "kib_per_subchannel": growth / subchannels / 1024}  # fmt: skip
     await channel.close()
-    return {"first_update_ms": first_update * 1000, "one_change_ms": one_change * 1000,
-            "connected_s": connected, "kib_per_subchannel": per_subchannel / 1024}  # fmt: skip
+    return row
 
 
 async def raw_kib_per_channel(addresses: list[str]) -> float:
@@ -106,15 +140,41 @@ async def raw_kib_per_channel(addresses: list[str]) -> float:
     return per_channel / 1024
 
 
+SUBSET_KEYS = ("endpoints", "subchannels", "rss_mib", "first_update_ms", "one_change_ms",
+               "pool_change_ms")  # fmt: skip
+
+
+async def subset_row(addresses: list[str], result: Result) -> Row:
+    """The subsetting-on row of ``addresses`` (measured before the larger, all-subchannel run)."""
+    on = await balanced_figures(addresses, min(len(addresses), 20), SUBSET)
+    if on["subchannels"] != SUBSET:  # no subsetting in this gz: a resolver of K endpoints
+        result.notes.append(f"no subsetting at {len(addresses)}: row of {SUBSET} endpoints")
+        on = await balanced_figures(addresses[:SUBSET], 20)
+    return {"subset": str(SUBSET), **{key: on.get(key) for key in SUBSET_KEYS},
+            "endpoints": len(addresses)}  # fmt: skip
+
+
+async def settled_sockets() -> None:
+    """Until the sockets of a closed channel are gone (the count stops changing for 0.3 s)."""
+    last, stable_since, started = -1, time.monotonic(), time.monotonic()
+    while time.monotonic() - stable_since < 0.3 and time.monotonic() - started < 10:
+        now = open_sockets()
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        await asyncio.sleep(0.05)
+
+
 async def run(quick: bool) -> Result:
     result = Result("scale", "6. scale: pick, update and memory by endpoint count")
-    sizes = (10, 100) if quick else (10, 100, 1000)
+    sizes = (10, 100) if quick else (10, 100, 1000, 10_000)
     picks = 20_000 if quick else 200_000
     rows: list[Row] = []
+    subset_rows: list[Row] = []
     with Children() as children:
         ports = free_ports(max(sizes))
-        server = children.server("raw", ",".join(f"127.0.0.1:{p}" for p in ports))
-        await serving(server)
+        chunks = [ports[i : i + PORTS_PER_SERVER] for i in range(0, len(ports), PORTS_PER_SERVER)]
+        await serving(*(children.server("raw", ",".join(f"127.0.0.1:{p}" for p in chunk))
+                        for chunk in chunks))  # fmt: skip
         all_addresses = [f"127.0.0.1:{p}" for p in ports]
         # The first channel and picker of the process pay one-time costs; not measured.
         warm = [Endpoint.parse(a) for a in all_addresses[:2]]
@@ -131,12 +191,20 @@ async def run(quick: bool) -> Result:
             row: Row = {"endpoints": size}
             for balancer in pickers:
                 row[f"pick_ns_{balancer}"] = pick_ns(balancer, endpoints, picks)
+            if size > SUBSET:
+                subset_rows.append(await subset_row(all_addresses[:size], result))
             row.update(await balanced_figures(all_addresses[:size], min(size, 20)))
-            row["raw_kib_per_channel"] = await raw_kib_per_channel(all_addresses[:size])
+            if size > SUBSET:
+                off = {key: row.get(key) for key in SUBSET_KEYS}
+                subset_rows.insert(-1, {"subset": "off", **off})
+            if size <= 1000:  # 10,000 more connections would add seconds and tell nothing new
+                row["raw_kib_per_channel"] = await raw_kib_per_channel(all_addresses[:size])
             rows.append(row)
-    result.table("one raw server process listening on every endpoint's port").rows = rows
+    result.table("raw server processes listening on every endpoint's port").rows = rows
+    result.table(f"subsetting off and on (K = {SUBSET}): whole RSS growth").rows = subset_rows
     result.notes.append(f"balancers: {', '.join(PICKERS)}; one_change: one endpoint removed or "
-                        "added, applied; kib: RSS growth once connected, per channel")  # fmt: skip
+                        "added, applied; pool_change: the pool's part of it; rss, kib: RSS "
+                        "growth once connected, in all and per channel")  # fmt: skip
     return result
 
 

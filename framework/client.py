@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from .balancing import BalancedChannel, picker_class
+from .balancing.subset import Subsetter, client_id
 from .discovery import Resolver, build_resolver
 from .httpside import client_side
 from .middleware import Middleware
@@ -48,7 +49,10 @@ def connect(
     gz's default client middleware (tracing, metrics, call log, auth, deadline: see
     docs/middleware.md) runs around ``middleware``; TLS comes from GZ_TLS_* unless
     ``credentials`` are given. With GZ_METRICS_PORT set, the first connect() of a process
-    without a gz server serves /metrics there (docs/observability.md).
+    without a gz server serves /metrics there (docs/observability.md). Above 64 endpoints a
+    client connects to a subset of 32 of them (GZ_SUBSET_SIZE, GZ_CLIENT_ID; docs/balancing.md).
+    With GZ_ZONE, k8s:// calls stay in that zone while it can carry them
+    (docs/discovery/kubernetes.md).
     """
     warn_unknown_variables(once=True)  # a typo in a GZ_* name is otherwise silent
     settings = settings or ClientSettings.from_env()
@@ -75,6 +79,8 @@ def connect(
         timeout=timeout,
         health_check=settings.health_check if health_check is None else health_check,
         retry=_retry(retry, settings),
+        subsetter=Subsetter(client_id(settings.client_id), settings.subset_size),
+        zone=settings.zone,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -373,6 +374,10 @@ class ServerSettings(EtcdSettings, MiddlewareSettings):
         return level.upper() if isinstance(level, str) else level
 
 
+# A label value, as topology.kubernetes.io/zone is: alphanumerics at both ends (fullmatch).
+_ZONE = re.compile(r"(?=.{1,63}\Z)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
+
 class ClientSettings(EtcdSettings, MiddlewareSettings):
     """Defaults for connect(); arguments to connect() win over these."""
 
@@ -382,10 +387,13 @@ class ClientSettings(EtcdSettings, MiddlewareSettings):
     timeout: Duration | None = None
     discovery: Literal["etcd", "k8s", "dns"] | None = None
     health_check: bool = True
+    subset_size: int | None = Field(default=None, ge=0)  # None: 32 above 64 endpoints; 0: off
+    client_id: str | None = None  # ranks the subset; default HOSTNAME, else random
     method_timeouts: MethodTimeouts = Field(default_factory=dict)
     auth_token: str | None = None
     tls: bool | None = None  # default: on when GZ_TLS_CA or GZ_TLS_CERT is set
     tls_server_name: str | None = None
+    zone: str | None = None  # k8s:// calls stay in this zone while it can carry them
 
     @field_validator("auth_token", mode="before")
     @classmethod
@@ -396,6 +404,24 @@ class ClientSettings(EtcdSettings, MiddlewareSettings):
     @classmethod
     def _server_name_not_blank(cls, name: str | None) -> str | None:
         return _not_blank(name, "give the name servers' certificates carry, or unset it")
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id_not_blank(cls, client_id: str | None) -> str | None:
+        return _not_blank(client_id, "give this client a stable id, or unset it (HOSTNAME)")
+
+    @field_validator("zone")
+    @classmethod
+    def _zone_label(cls, zone: str | None) -> str | None:
+        """Empty is unset: what the downward API gives a pod whose node has no zone label."""
+        zone = zone.strip() if zone is not None else None
+        if zone and not _ZONE.fullmatch(zone):
+            raise ValueError(
+                "expected a zone as nodes carry it in topology.kubernetes.io/zone, e.g. "
+                "eu-west-1a: up to 63 letters, digits, '-', '_' or '.', a letter or digit at "
+                "each end"
+            )
+        return zone or None
 
     @field_validator("timeout")
     @classmethod

@@ -434,13 +434,15 @@ def resolve(target: str, watch: bool, as_json: bool, timeout: float) -> None:
     resolver = endpoints.resolver_for(target)
 
     def show(found: frozenset[Endpoint]) -> None:
-        addresses = [endpoint.address for endpoint in sorted(found)]
+        ordered = sorted(found)
+        addresses = [endpoint.address for endpoint in ordered]
         if as_json:
-            click.echo(json.dumps({"target": resolver.target, "endpoints": addresses}))
+            answer = {"target": resolver.target, "endpoints": addresses, **endpoints.places(found)}
+            click.echo(json.dumps(answer))
             return
         click.echo(f"{resolver.target}: {count(len(addresses), 'endpoint')}")
-        for address in addresses:
-            click.echo(f"  {address}")
+        for endpoint in ordered:
+            click.echo(f"  {endpoint.address}{endpoints.place(endpoint)}")
 
     def complain(message: str) -> None:
         click.echo(f"gz: {message}", err=True)

@@ -52,6 +52,24 @@ def cli_target(text: str) -> str:
     return f"direct:///{stripped}" if _ADDRESS.fullmatch(stripped) else text
 
 
+def places(found: frozenset[Endpoint]) -> dict[str, dict[str, object]]:
+    """``zones`` (address: zone) and ``hints`` (address: the zones it is hinted for) for gz
+    resolve --json; each only when some endpoint has one, so other targets' lines stay as
+    they were."""
+    ordered = sorted(found)
+    zones = {e.address: e.zone for e in ordered if e.zone is not None}
+    hints = {e.address: sorted(e.for_zones) for e in ordered if e.for_zones}
+    return {key: value for key, value in (("zones", zones), ("hints", hints)) if value}
+
+
+def place(endpoint: Endpoint) -> str:
+    """``  zone eu-west-1a, hinted for eu-west-1a`` for gz resolve's text lines, or ""."""
+    parts = [f"zone {endpoint.zone}"] if endpoint.zone is not None else []
+    if endpoint.for_zones:
+        parts.append(f"hinted for {', '.join(sorted(endpoint.for_zones))}")
+    return f"  {', '.join(parts)}" if parts else ""
+
+
 class _Collector(Listener):
     def __init__(
         self, on_update: Callable[[frozenset[Endpoint]], None], on_error: Callable[[str], None]

@@ -100,8 +100,15 @@ def env_secret(name: str, secret: str, key: str, *, optional: bool) -> Object:
 
 
 def downward_env() -> list[Object]:
-    """POD_IP is the address a gz server advertises; POD_NAMESPACE is k8s:///'s namespace."""
-    return [env_field("POD_IP", "status.podIP"), env_field("POD_NAMESPACE", "metadata.namespace")]
+    """POD_IP is the address a gz server advertises; POD_NAMESPACE is k8s:///'s namespace.
+    GZ_ZONE is the pod's zone label, which Kubernetes copies from its node where the
+    PodTopologyLabelsAdmission feature is on (alpha in 1.33, beta in 1.35); elsewhere the
+    label is missing, the variable empty, and gz prefers no zone (docs/deploy.md)."""
+    return [
+        env_field("POD_IP", "status.podIP"),
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+        env_field("GZ_ZONE", "metadata.labels['topology.kubernetes.io/zone']"),
+    ]
 
 
 def grpc_probes(port: int, shutdown: Shutdown) -> Object:

@@ -25,7 +25,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -63,15 +63,24 @@ def endpoint_slice(
     port_name: str = "grpc",
     address_type: str = "IPv4",
     ports: list[Json] | None = None,
+    zones: Mapping[str, str] | None = None,
+    hints: Mapping[str, Sequence[str]] | None = None,
 ) -> Json:
     """An EndpointSlice of service; an address may come with its conditions: ("10.0.0.1",
-    {"serving": False}). Without conditions an endpoint is ready, serving and not terminating."""
+    {"serving": False}). Without conditions an endpoint is ready, serving and not terminating.
+    ``zones`` gives addresses their zone, ``hints`` the zones they are hinted for (forZones),
+    as the EndpointSlice controller writes them."""
     endpoints = []
     for item in addresses:
         address, conditions = item if isinstance(item, tuple) else (item, None)
         if conditions is None:
             conditions = {"ready": True, "serving": True, "terminating": False}
-        endpoints.append({"addresses": [address], "conditions": conditions})
+        endpoint: Json = {"addresses": [address], "conditions": conditions}
+        if zones and address in zones:
+            endpoint["zone"] = zones[address]
+        if hints and address in hints:
+            endpoint["hints"] = {"forZones": [{"name": zone} for zone in hints[address]]}
+        endpoints.append(endpoint)
     return {
         "metadata": {
             "name": name,

@@ -97,13 +97,26 @@ async def test_p2c_ewma_sends_a_slow_replica_fewer_calls_and_round_robin_does_no
         ratio = served[slow.address] / others
         print(f"{balancer}: slow replica {served[slow.address]}, others {others:.0f} ({ratio:.2f})")
         if balancer == "p2c_ewma":
-            assert ratio < 0.5, table
+            assert ratio < 0.5, table  # the 5% bound: test_pickers.py, with a fake clock
         else:
             assert 0.9 < ratio < 1.1, table
 
 
+async def test_one_sequential_caller_shares_equal_replicas_under_p2c_ewma(server_process):
+    """Nothing in flight anywhere, so latency averages decide alone, and those of equal replicas
+    differ by noise: one caller's 300 calls over 3 replicas went 1 / 112 / 187 (the highest
+    average lost every draw until the forced pick a second later). Each must get 1/6 or more."""
+    replicas = await start_replicas(server_process, 3)
+    for _ in range(3):  # new channels: the first calls of each decide its averages
+        async with gz.connect(direct(replicas), settings=hot_path_settings()) as channel:
+            await all_ready(channel, 3)
+            served = await shares(channel, 300, 1)
+        print(f"p2c_ewma, one caller over 3 equal replicas: {sorted(served.values())}")
+        assert all(served[replica.address] >= 50 for replica in replicas), served
+
+
 async def test_equal_replicas_get_equal_shares_under_p2c_ewma(server_process):
-    """Each of 4 equal replicas gets 25% of the calls, within 5 points.
+    """Each of 4 equal replicas gets 25% of the calls, within 5 points, from 16 callers.
 
     Equal replicas do equal work: each call sleeps 10 ms on the server, so that the latency
     p2c sees is the work, not this shared machine's scheduling noise (which makes bare replicas
@@ -114,8 +127,8 @@ async def test_equal_replicas_get_equal_shares_under_p2c_ewma(server_process):
     replicas = await start_replicas(server_process, 4, REPLICA_DELAY="0.01")
     async with gz.connect(direct(replicas), settings=hot_path_settings()) as channel:
         await all_ready(channel, 4)
-        await shares(channel, 400, 32)  # warm up: every latency average has samples
-        served = await shares(channel, 4_000, 32)
+        await shares(channel, 400, 16)  # warm up: every latency average has samples
+        served = await shares(channel, 4_000, 16)
     print(f"p2c_ewma over 4 equal replicas: {dict(served)}")
     for replica in replicas:
         assert abs(served[replica.address] / served.total() - 0.25) <= 0.05, served

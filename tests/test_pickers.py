@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import math
+import random
 from collections import Counter
 
 import grpc
@@ -30,6 +32,7 @@ class FakeSubchannel:
         self.peer = self.endpoint.address
         self.load = Load(now=0.0)
         self.load.ewma_us, self.load.inflight, self.load.last_pick = ewma_us, inflight, 1e18
+        self.load.samples = 100 if ewma_us else 0  # a known estimate, compared by latency
 
 
 def fakes(count: int, **load: float) -> list[FakeSubchannel]:
@@ -86,6 +89,103 @@ def test_p2c_ewma_forces_a_subchannel_not_picked_for_a_second_once(monkeypatch):
     assert picker.pick() is fast  # and not again until another second passes
 
 
+def picked_by_a_sequential_caller(picker: P2cEwmaPicker, calls: int, clock: list[float]) -> Counter:
+    """Which fake subchannel each of ``calls`` picks went to, one call at a time, 1 ms apart:
+    a pick starts the call (as Subchannel.track does), which ends before the next pick."""
+    picks: Counter[int] = Counter()
+    for _ in range(calls):
+        clock[0] += 0.001
+        subchannel = picker.pick()
+        subchannel.load.last_pick = clock[0]
+        picks[subchannel.endpoint.port] += 1
+    return picks
+
+
+def test_p2c_ewma_shares_equal_replicas_evenly_with_one_sequential_caller(monkeypatch):
+    """Nothing in flight anywhere, latency averages apart by noise (0.61, 0.62, 0.72 ms): the
+    highest lost every draw and got only the forced picks (1 of 300 calls from one caller over
+    three real replicas). Within noise it is a tie, and the first random draw wins it."""
+    clock = [1000.0]
+    monkeypatch.setattr("gz.balancing.p2c.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("gz.balancing.p2c.random", random.Random(7))
+
+    def shares(*latencies_us: float) -> Counter:
+        replicas = [FakeSubchannel(port, us) for port, us in enumerate(latencies_us, 1)]
+        for replica in replicas:
+            replica.load.last_pick = clock[0]
+        return picked_by_a_sequential_caller(P2cEwmaPicker(replicas), 300, clock)
+
+    picks = shares(610, 620, 720)  # each at least 1/6 of the calls
+    assert all(picks[port] >= 50 for port in (1, 2, 3)), picks
+    # 20 ms averages 15% apart are still noise; 30% apart, the faster ones take all but the
+    # forced picks (one a second: none in these 0.3 s)
+    picks = shares(20_000, 20_000, 23_000)
+    assert all(picks[port] >= 50 for port in (1, 2, 3)), picks
+    assert shares(20_000, 20_000, 26_000)[3] == 0
+
+
+def callers_on_a_fake_clock(monkeypatch, latencies_ms: list[float], callers: int) -> list[float]:
+    """Each replica's share of 4,000 calls made by ``callers`` loops, each call taking its
+    replica's latency (within +-20%, seeded); the loads are updated as Subchannel.track does."""
+    clock = [1000.0]
+    monkeypatch.setattr("gz.balancing.p2c.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("gz.balancing.p2c.random", random.Random(11))
+    jitter = random.Random(12)
+    replicas = [FakeSubchannel(port, ewma_us=0) for port in range(1, len(latencies_ms) + 1)]
+    for replica in replicas:
+        replica.load = Load(now=clock[0])
+    picker, served, ends = P2cEwmaPicker(replicas), Counter(), []
+    for call in range(4_000 + callers):
+        if call >= callers:  # the earliest call ends; its caller makes the next one
+            clock[0], _, started, replica = heapq.heappop(ends)
+            replica.load.inflight -= 1
+            replica.load.finished(started, clock[0])
+        replica = picker.pick()
+        replica.load.inflight += 1
+        replica.load.last_pick = clock[0]
+        latency = latencies_ms[replica.endpoint.port - 1] * jitter.uniform(0.8, 1.2) / 1000
+        heapq.heappush(ends, (clock[0] + latency, call, clock[0], replica))
+        served[replica.endpoint.port] += 1
+    return [served[port] / served.total() for port in range(1, len(latencies_ms) + 1)]
+
+
+def test_under_16_callers_a_slowed_replica_gets_5_percent_and_equal_ones_a_quarter(monkeypatch):
+    """What p2c_ewma is for, kept by the tie rule: a replica slowed by 20 ms (25 ms against
+    5 ms) gets 5% of the calls or less; four equal replicas each get 20-30%."""
+    shares = callers_on_a_fake_clock(monkeypatch, [5, 5, 5, 25], callers=16)
+    assert shares[3] <= 0.05, shares
+    shares = callers_on_a_fake_clock(monkeypatch, [5, 5, 5, 5], callers=16)
+    assert all(0.2 <= share <= 0.3 for share in shares), shares
+    shares = callers_on_a_fake_clock(monkeypatch, [5, 5, 5, 5], callers=1)  # no tie rule: 0.6%
+    assert all(0.2 <= share <= 0.3 for share in shares), shares
+
+
+def test_a_tie_is_a_random_draw_not_a_forced_pick(monkeypatch):
+    """Tied replicas, both idle for over a second: each wins about half of the draws (a forced
+    pick of the tie's loser, or a rule by last pick, would send every fresh client, such as each
+    gz call, to the same replica)."""
+    monkeypatch.setattr("gz.balancing.p2c.time.monotonic", lambda: 1000.0)
+    monkeypatch.setattr("gz.balancing.p2c.random", random.Random(3))
+    older, newer = FakeSubchannel(1, ewma_us=1_000), FakeSubchannel(2, ewma_us=1_100)
+    picks = Counter()
+    for _ in range(1_000):
+        older.load.last_pick, newer.load.last_pick = 991.0, 995.0
+        picks[P2cEwmaPicker([older, newer]).pick().peer] += 1
+    assert 400 <= picks[older.peer] <= 600, picks
+
+
+def test_an_endpoint_of_few_calls_is_not_judged_by_them(monkeypatch):
+    """One slow first sample must not starve an endpoint: under KNOWN_AFTER calls, it draws."""
+    monkeypatch.setattr("gz.balancing.p2c.time.monotonic", lambda: 0.0)
+    monkeypatch.setattr("gz.balancing.p2c.random", random.Random(5))
+    known, unlucky = FakeSubchannel(1, ewma_us=600), FakeSubchannel(2, ewma_us=4_000)
+    unlucky.load.samples = 1
+    picks = Counter(P2cEwmaPicker([known, unlucky]).pick().peer for _ in range(1_000))
+    assert 400 <= picks[unlucky.peer] <= 600, picks
+    unlucky.load.samples = 5  # known now, and slower by more than the noise
+    assert P2cEwmaPicker([known, unlucky]).pick() is known
+
+
 def test_pick_other_avoids_the_endpoints_a_call_tried():
     subchannels = fakes(5)
     for picker_type in (P2cEwmaPicker, RoundRobinPicker):
@@ -96,8 +196,10 @@ def test_pick_other_avoids_the_endpoints_a_call_tried():
         assert picker.pick_other(everything) in subchannels  # none left: any will do
 
 
-def test_the_latency_average_starts_at_the_first_sample_and_decays_in_ten_seconds():
+def test_the_latency_average_starts_at_the_second_call_and_decays_in_ten_seconds():
     load = Load(now=0.0)
+    load.finished(started_at=0.0, now=0.030)  # the first call warms the connection up
+    assert (load.ewma_us, load.samples) == (0, 0)
     load.finished(started_at=0.0, now=0.010)
     assert load.ewma_us == pytest.approx(10_000)
     load.finished(started_at=10.0, now=10.010 + 0.0)  # same latency: unchanged
@@ -110,7 +212,8 @@ def test_the_latency_average_starts_at_the_first_sample_and_decays_in_ten_second
 
 def test_the_latency_average_is_a_plain_mean_while_it_has_few_samples():
     load = Load(now=0.0)
-    for latency in (0.030, 0.001, 0.002):  # a slow first call must not dominate
+    load.finished(started_at=0.0, now=0.005)  # the warm-up call, not counted
+    for latency in (0.030, 0.001, 0.002):  # a slow call early on must not dominate
         load.finished(started_at=1.0 - latency, now=1.0)
     assert load.ewma_us == pytest.approx(11_000)
 

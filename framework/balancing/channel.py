@@ -42,6 +42,7 @@ from .picker import Picker
 from .pool import SubchannelPool
 from .snapshot import channel_view, register, unregister
 from .subchannel import State, Subchannel
+from .subset import Subsetter
 
 log = logging.getLogger("gz.balancing")
 
@@ -80,6 +81,8 @@ class BalancedChannel(grpc.aio.Channel):
         timeout: float | None = None,
         health_check: bool = True,
         retry: Retry | None = None,
+        subsetter: Subsetter | None = None,
+        zone: str | None = None,
     ) -> None:
         self.target = resolver.target
         self.balancer = picker.name
@@ -95,6 +98,8 @@ class BalancedChannel(grpc.aio.Channel):
         self._options = channel_options(options)
         self._credentials = credentials
         self._health_check = health_check
+        self._subsetter = subsetter  # None: every endpoint gets a subchannel
+        self._zone = zone  # None: no zone preferred
         self._pool: SubchannelPool | None = None
         self._resolving: asyncio.Task[None] | None = None
         self._closed = False
@@ -118,6 +123,8 @@ class BalancedChannel(grpc.aio.Channel):
                 REMOVED_ENDPOINT_GRACE,
                 self._health_check,
                 self._make_health_channel,
+                self._subsetter,
+                self._zone,
             )
             self._resolving = asyncio.get_running_loop().create_task(self._resolve(self._pool))
         return self._pool
@@ -177,7 +184,7 @@ class BalancedChannel(grpc.aio.Channel):
     @property
     def endpoints(self) -> list[Endpoint]:
         """The endpoints currently resolved (empty before first use)."""
-        return sorted(self._pool.subchannels) if self._pool is not None else []
+        return sorted(self._pool.endpoints) if self._pool is not None else []
 
     # -- grpc.aio.Channel ---------------------------------------------------------------------
     async def __aenter__(self) -> BalancedChannel:

@@ -4,6 +4,13 @@ Two distinct usable subchannels are drawn at random and the one with the lower l
 (``sqrt(ewma_latency_us + 1) * (inflight + 1)``, see load.py) wins. If the loser has not been
 picked for over a second it wins instead, once, so that its estimate stays fresh and a recovered
 endpoint is noticed. O(1) per pick whatever the number of endpoints (go-zero's algorithm).
+
+Two draws with as many calls in flight and latency averages within the noise of each other (or
+an average of fewer than KNOWN_AFTER calls) are a tie, and the first draw, a random one, wins it.
+Without that, equal replicas at low load (no call in flight anywhere) were ranked by noise alone:
+the one whose average was a little higher lost every draw and got only the forced picks (1 of
+300 calls from one sequential caller over three replicas). A replica slower by more than the
+noise still loses, as before.
 """
 
 from __future__ import annotations
@@ -16,6 +23,14 @@ from .picker import Picker
 from .subchannel import Subchannel
 
 FORCE_PICK_AFTER = 1.0  # seconds
+# Latency averages are within noise of each other when they differ by at most 20% of the larger
+# (equal replica processes on one loaded host: 10-25%), or by at most 0.5 ms: under a millisecond
+# the client's own event loop jitters by that much (equal replicas at 0.55-0.8 ms, one caller).
+TIE_RATIO = 0.2
+TIE_FLOOR_US = 500.0
+# An endpoint with fewer timed calls than this is not compared by latency yet: one or two
+# samples are mostly noise, and an endpoint that lost on noise would not be sampled again.
+KNOWN_AFTER = 5
 
 
 class P2cEwmaPicker(Picker):
@@ -34,9 +49,18 @@ class P2cEwmaPicker(Picker):
         if second >= first:
             second += 1
         better, worse = self.subchannels[first], self.subchannels[second]
-        if worse.load.score() < better.load.score():
+        a, b = better.load, worse.load
+        if a.inflight == b.inflight:
+            if a.samples < KNOWN_AFTER or b.samples < KNOWN_AFTER:
+                return better  # an estimate of too few calls says nothing yet: a random draw
+            gap = a.ewma_us - b.ewma_us if a.ewma_us > b.ewma_us else b.ewma_us - a.ewma_us
+            larger = a.ewma_us if a.ewma_us > b.ewma_us else b.ewma_us
+            if gap <= TIE_FLOOR_US or gap <= TIE_RATIO * larger:
+                return better  # a tie: the first draw, at random, so equal replicas share
+        if b.score() < a.score():
             better, worse = worse, better
-        if time.monotonic() - worse.load.last_pick > FORCE_PICK_AFTER:
-            worse.load.last_pick = time.monotonic()  # forced once, not by every pick until used
+        now = time.monotonic()
+        if now - worse.load.last_pick > FORCE_PICK_AFTER:
+            worse.load.last_pick = now  # forced once, not by every pick until used
             return worse
         return better

@@ -61,9 +61,13 @@ def channel_view(channel: BalancedChannel, pool: SubchannelPool | None) -> View:
     }
     if pool is not None:
         usable = set(pool.picker.subchannels) if pool.picker is not None else set()
+        members = pool.subsetter.members()  # None: no subsetting, every endpoint is in
         view["endpoints"] = [
-            _endpoint_view(subchannel, subchannel in usable, channel._health_check, now)
-            for _, subchannel in sorted(pool.subchannels.items())
+            {
+                **_endpoint_view(subchannel, subchannel in usable, channel._health_check, now),
+                "in_subset": members is None or endpoint in members,  # False: a replacement
+            }
+            for endpoint, subchannel in sorted(pool.subchannels.items())
         ]
     return view
 
@@ -72,7 +76,8 @@ def _resolver_view(pool: SubchannelPool | None, now: float) -> View:
     updated = None if pool is None or pool.updated_at is None else round(now - pool.updated_at, 1)
     return {
         "resolved": pool is not None and pool.resolved,
-        "endpoints": 0 if pool is None else len(pool.subchannels),
+        "endpoints": 0 if pool is None else len(pool.endpoints),
+        "subset_size": None if pool is None else pool.subsetter.size,  # None: all connected
         "last_update_seconds_ago": updated,
         "error": None if pool is None else pool.last_error,
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..netaddr import join_host_port, parse_host_port
 
@@ -11,6 +11,12 @@ from ..netaddr import join_host_port, parse_host_port
 class Endpoint:
     host: str
     port: int
+    # Where it runs, from discoveries that know (k8s://): left out of equality and order, so an
+    # endpoint is the same one, with the same subchannel, whatever its zone or hints say.
+    zone: str | None = field(default=None, compare=False)
+    """Its zone (EndpointSlice ``zone``), None when unknown."""
+    for_zones: frozenset[str] = field(default=frozenset(), compare=False)
+    """The zones whose clients it serves (EndpointSlice ``hints.forZones``); empty: no hints."""
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:

@@ -97,7 +97,8 @@ def _read_slice(obj: Json, port: int | str, problems: list[str]) -> SliceEndpoin
             continue
         is_serving, is_terminating = _conditions(item)
         if is_serving:
-            (terminating if is_terminating else serving).add(Endpoint(address, number))
+            endpoint = Endpoint(address, number, _zone(item), _for_zones(item))
+            (terminating if is_terminating else serving).add(endpoint)
     return SliceEndpoints(frozenset(serving), frozenset(terminating), port_names, tuple(problems))
 
 
@@ -157,6 +158,22 @@ def _conditions(item: Json) -> tuple[bool, bool]:
     if serving is None:
         serving = conditions.get("ready")
     return serving is not False, conditions.get("terminating") is True
+
+
+def _zone(item: Json) -> str | None:
+    """The endpoint's zone (for zone-aware routing, see balancing/zones.py); None if unknown."""
+    zone = item.get("zone")
+    return zone if isinstance(zone, str) and zone else None
+
+
+def _for_zones(item: Json) -> frozenset[str]:
+    """hints.forZones: the zones the EndpointSlice controller meant this endpoint for."""
+    hints = item.get("hints")
+    listed = hints.get("forZones") if isinstance(hints, Mapping) else None
+    if not isinstance(listed, list):
+        return frozenset()
+    names = (z.get("name") for z in listed if isinstance(z, Mapping))
+    return frozenset(name for name in names if isinstance(name, str) and name)
 
 
 class ServiceSlices:

@@ -148,7 +148,7 @@ class SliceWatcher:
     # -- reporting ----------------------------------------------------------------------------
     def _publish(self) -> None:
         endpoints = self._slices.endpoints()
-        if endpoints != self._published:
+        if endpoints != self._published or _places(endpoints) != _places(self._published):
             self._published = endpoints
             self._update(endpoints)
         missing = self._slices.missing_port()
@@ -181,3 +181,9 @@ class SliceWatcher:
 
     def _host(self) -> str:
         return self._api.host if self._api is not None else ""
+
+
+def _places(endpoints: frozenset[Endpoint] | None) -> dict[Endpoint, tuple[object, ...]]:
+    """Zone and hints by endpoint: endpoints compare by address alone, and a changed hint is
+    news to zone-aware routing."""
+    return {e: (e.zone, e.for_zones) for e in endpoints or ()}
