@@ -522,15 +522,20 @@ async def test_calls_follow_the_serving_pods_of_a_service(kube: KubeApiServer):
 
 
 # -- gz resolve (KUBECONFIG from the kube fixture) ---------------------------------------------
-async def test_gz_resolve_prints_the_set_as_json(kube: KubeApiServer):
-    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.2", "10.0.0.1"]))
-    kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, ["fd00::1"], address_type="IPv6"))
+async def resolved_json(target: str) -> dict:
+    """What ``gz resolve TARGET --json`` prints, as a separate process would see it."""
     result = await asyncio.to_thread(
-        subprocess.run, gz_command("resolve", TARGET, "--json"), cwd=ROOT,
+        subprocess.run, gz_command("resolve", target, "--json"), cwd=ROOT,
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {
+    return json.loads(result.stdout)
+
+
+async def test_gz_resolve_prints_the_set_as_json(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.2", "10.0.0.1"]))
+    kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, ["fd00::1"], address_type="IPv6"))
+    assert await resolved_json(TARGET) == {
         "target": TARGET,
         "endpoints": ["10.0.0.1:8080", "10.0.0.2:8080", "[fd00::1]:8080"],
     }

@@ -243,6 +243,17 @@ def strings(document: object) -> list[str]:
     return []
 
 
+def wrote_or_refused(code: int, err: str, written: set[Path]) -> bool:
+    """Whether the command wrote (something); else it refused in one line and wrote nothing."""
+    event("written" if code == 0 else "refused")
+    if code != 0:
+        assert refused(code, err), (code, err)
+        assert not written
+        return False
+    assert written
+    return True
+
+
 @PROPERTY
 @given(
     mode=st.sampled_from(list(kube.MODES)),
@@ -261,12 +272,9 @@ def test_kube_writes_what_it_was_given_or_exits_2(
     ports = ["--port", str(port), "--metrics-port", str(metrics_port)]
     code, _, err = run_gz("kube", mode, *arguments, *ports, "-o", str(out))
     written = files_under(root)
-    event("written" if code == 0 else "refused")
-    if code != 0:
-        assert refused(code, err), (code, err)
-        assert not written
+    if not wrote_or_refused(code, err, written):
         return
-    assert written and all(path.parent == out and path.suffix == ".yaml" for path in written)
+    assert all(path.parent == out and path.suffix == ".yaml" for path in written)
     documents = [yaml.safe_load(path.read_text(encoding="utf-8")) for path in written]
     found = {text for document in documents for text in strings(document)}
     for field, value in given_.items():
@@ -289,12 +297,9 @@ def test_new_writes_what_it_was_given_or_exits_2(tmp_path_factory, name, require
         "new", "service", name, "--dir", str(target), "--gz-requirement", requirement
     )
     written = files_under(root)
-    event("written" if code == 0 else "refused")
-    if code != 0:
-        assert refused(code, err), (code, err)
-        assert not written
+    if not wrote_or_refused(code, err, written):
         return
-    assert written and all(target in path.parents for path in written)
+    assert all(target in path.parents for path in written)
     pyproject = tomllib.loads((target / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["name"] == name
     assert pyproject["project"]["dependencies"] == [requirement]

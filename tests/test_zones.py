@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ from .support import (
     say_hello,
     wait_until,
 )
-from .test_kubernetes import resolving
+from .test_kubernetes import resolved_json, resolving
 
 NS = "shop"
 SERVICE = "greeter"
@@ -317,12 +316,7 @@ async def test_gz_resolve_shows_each_endpoints_zone_and_hints(kube: KubeApiServe
         "greeter-a", SERVICE, ["10.0.0.1", "10.0.0.2", "10.0.1.1"],
         zones={"10.0.0.1": "a", "10.0.0.2": "a", "10.0.1.1": "b"}, hints={"10.0.0.1": ["a"]},
     ))  # fmt: skip
-    result = await asyncio.to_thread(
-        subprocess.run, gz_command("resolve", TARGET, "--json"), cwd=ROOT,
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {
+    assert await resolved_json(TARGET) == {
         "target": TARGET,
         "endpoints": ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.1.1:8080"],
         "zones": {"10.0.0.1:8080": "a", "10.0.0.2:8080": "a", "10.0.1.1:8080": "b"},
