@@ -5,8 +5,9 @@ Two distinct usable subchannels are drawn at random and the one with the lower l
 picked for over a second it wins instead, once, so that its estimate stays fresh and a recovered
 endpoint is noticed. O(1) per pick whatever the number of endpoints (go-zero's algorithm).
 
-Two draws with as many calls in flight and latency averages within the noise of each other (or
-an average of fewer than KNOWN_AFTER calls) are a tie, and the first draw, a random one, wins it.
+Two draws with as many calls in flight and latency averages within the noise of each other
+(within 3x when neither has a call in flight, or an average of fewer than KNOWN_AFTER calls) are
+a tie, and the first draw, a random one, wins it.
 Without that, equal replicas at low load (no call in flight anywhere) were ranked by noise alone:
 the one whose average was a little higher lost every draw and got only the forced picks (1 of
 300 calls from one sequential caller over three replicas). A replica slower by more than the
@@ -24,13 +25,18 @@ from .subchannel import Subchannel
 
 FORCE_PICK_AFTER = 1.0  # seconds
 # Latency averages are within noise of each other when they differ by at most 20% of the larger
-# (equal replica processes on one loaded host: 10-25%), or by at most 0.5 ms: under a millisecond
+# (equal replica processes on one loaded host: 10-25%), or by at most 1 ms: under a millisecond
 # the client's own event loop jitters by that much (equal replicas at 0.55-0.8 ms, one caller).
 TIE_RATIO = 0.2
-TIE_FLOOR_US = 500.0
-# An endpoint with fewer timed calls than this is not compared by latency yet: one or two
-# samples are mostly noise, and an endpoint that lost on noise would not be sampled again.
-KNOWN_AFTER = 5
+TIE_FLOOR_US = 1000.0
+# With no call in flight on either, the draw costs no queueing, only the latency difference, and
+# equal replicas sharing a few cores differ by up to 2-3x (whichever shares a core with the
+# caller): then averages within 3x of each other are a tie too. A replica slowed from 5 to 25 ms
+# still loses.
+IDLE_TIE_FACTOR = 3.0
+# An endpoint with fewer timed calls than this is not compared by latency yet: a few samples are
+# mostly noise, and an endpoint that lost on noise would not be sampled again.
+KNOWN_AFTER = 10
 
 
 class P2cEwmaPicker(Picker):
@@ -57,6 +63,8 @@ class P2cEwmaPicker(Picker):
             larger = a.ewma_us if a.ewma_us > b.ewma_us else b.ewma_us
             if gap <= TIE_FLOOR_US or gap <= TIE_RATIO * larger:
                 return better  # a tie: the first draw, at random, so equal replicas share
+            if a.inflight == 0 and larger <= IDLE_TIE_FACTOR * (larger - gap):
+                return better  # idle, and within 3x: a tie as well
         if b.score() < a.score():
             better, worse = worse, better
         now = time.monotonic()
