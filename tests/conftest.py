@@ -9,6 +9,7 @@ import trustme
 from examples.greeter.server import Greeter
 
 from .etcd_server import EtcdServer
+from .kube_api import KubeApiServer
 from .support import ServerProcess, start_greeter
 
 
@@ -19,6 +20,18 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         if name.startswith("GZ_"):
             monkeypatch.delenv(name)
     return monkeypatch
+
+
+@pytest.fixture
+def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KubeApiServer:
+    """A running Kubernetes test API server; KUBECONFIG points at it, and nothing says "in a
+    pod" (nor which zone)."""
+    api = KubeApiServer().start()
+    monkeypatch.setenv("KUBECONFIG", str(api.write_kubeconfig(tmp_path / "kubeconfig")))
+    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAMESPACE", "GZ_ZONE"):
+        monkeypatch.delenv(name, raising=False)
+    yield api
+    api.stop()
 
 
 @pytest.fixture

@@ -40,17 +40,6 @@ SERVICE = "greeter"
 TARGET = f"k8s://{NS}/{SERVICE}:grpc"
 
 
-@pytest.fixture
-def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KubeApiServer:
-    """A running test API server; KUBECONFIG points at it, and nothing says "in a pod"."""
-    api = KubeApiServer().start()
-    monkeypatch.setenv("KUBECONFIG", str(api.write_kubeconfig(tmp_path / "kubeconfig")))
-    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAMESPACE"):
-        monkeypatch.delenv(name, raising=False)
-    yield api
-    api.stop()
-
-
 def ips(prefix: str, count: int) -> list[str]:
     """prefix.1 ... prefix.count"""
     assert count < 255

@@ -9,7 +9,6 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -165,18 +164,6 @@ def test_a_slice_gives_each_endpoint_its_zone_and_hints():
     assert (found["10.0.0.3"].zone, found["10.0.0.3"].for_zones) == (None, frozenset())
 
 
-@pytest.fixture
-def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KubeApiServer:
-    """A running test API server; KUBECONFIG points at it, and nothing says "in a pod"."""
-    api = KubeApiServer().start()
-    monkeypatch.setenv("KUBECONFIG", str(api.write_kubeconfig(tmp_path / "kubeconfig")))
-    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAMESPACE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("GZ_ZONE", raising=False)
-    yield api
-    api.stop()
-
-
 async def test_a_change_of_hints_alone_is_published(kube: KubeApiServer):
     kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"], zones={"10.0.0.1": "a"}))
     async with resolving(TARGET) as seen:
@@ -247,15 +234,21 @@ class Caller:
             await self._task
 
 
+def in_two_zones(kube: KubeApiServer, pods: list) -> tuple[list, list]:
+    """The first two pods in zone a, the other two in zone b, each zone a slice of its own."""
+    zone_a, zone_b = pods[:2], pods[2:]
+    kube.put_slice(NS, zone_slice("greeter-a", zone_a, "a"))
+    kube.put_slice(NS, zone_slice("greeter-b", zone_b, "b"))
+    return zone_a, zone_b
+
+
 async def served_by(channel: gz.BalancedChannel, calls: int = 60) -> set[str]:
     return set(await count_replicas(channel, calls))
 
 
 async def test_a_client_in_zone_a_calls_zone_a_and_spills_to_b_when_a_stops_serving(kube):
     async with greeters(4) as pods:
-        zone_a, zone_b = pods[:2], pods[2:]
-        kube.put_slice(NS, zone_slice("greeter-a", zone_a, "a"))
-        kube.put_slice(NS, zone_slice("greeter-b", zone_b, "b"))
+        zone_a, zone_b = in_two_zones(kube, pods)
         async with zone_a_client() as channel:
             await all_ready(channel, 4)
             assert await served_by(channel) == {p.address for p in zone_a}
@@ -283,9 +276,7 @@ async def test_a_client_in_zone_a_calls_zone_a_and_spills_to_b_when_a_stops_serv
 
 async def test_calls_spill_when_every_zone_a_endpoint_is_ejected(kube: KubeApiServer):
     async with greeters(4) as pods:
-        zone_a, zone_b = pods[:2], pods[2:]
-        kube.put_slice(NS, zone_slice("greeter-a", zone_a, "a"))
-        kube.put_slice(NS, zone_slice("greeter-b", zone_b, "b"))
+        _, zone_b = in_two_zones(kube, pods)
         async with zone_a_client() as channel:
             await all_ready(channel, 4)
             pool = channel._pool
