@@ -7,7 +7,6 @@ process log one warning per unknown variable instead, with the known name it is 
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from collections.abc import Mapping
@@ -50,6 +49,8 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, str
             continue
         if upper.startswith(DYNAMIC) and len(upper) > len(DYNAMIC):
             continue
+        import difflib  # only when a name is unknown: it costs import gz a millisecond
+
         close = difflib.get_close_matches(upper, [*known, f"{DYNAMIC}<NAME>"], n=1)
         unknown[name] = close[0] if close else None
     return unknown
