@@ -4,9 +4,10 @@ Heavy backends (etcd, kubernetes, exporters) are imported only when a target or 
 """
 
 from .balancing import BalancedChannel
-from .client import connect
+from .balancing.syncchannel import SyncBalancedChannel
+from .client import connect, connect_sync
 from .discovery import Endpoint, ManualResolver, Resolver, TargetError
-from .middleware import CallContext, Middleware
+from .middleware import CallContext, CallObserver, Middleware
 from .middleware.retry import Retry, RetryPolicy, idempotent
 from .service import Service, run
 from .settings import ClientSettings, ServerSettings, SettingsError
@@ -23,6 +24,7 @@ def __getattr__(name: str) -> str:
 __all__ = [
     "BalancedChannel",
     "CallContext",
+    "CallObserver",
     "ClientSettings",
     "Endpoint",
     "ManualResolver",
@@ -33,8 +35,10 @@ __all__ = [
     "ServerSettings",
     "Service",
     "SettingsError",
+    "SyncBalancedChannel",
     "TargetError",
     "connect",
+    "connect_sync",
     "idempotent",
     "run",
 ]

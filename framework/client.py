@@ -1,4 +1,4 @@
-"""connect(): target -> resolver -> subchannel pool -> picker -> BalancedChannel."""
+"""connect() and connect_sync(): target -> resolver -> subchannel pool -> picker -> channel."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import grpc
 
 from .balancing import BalancedChannel, picker_class
 from .balancing.subset import Subsetter, client_id
+from .balancing.syncchannel import SyncBalancedChannel
 from .discovery import Resolver, build_resolver
 from .httpside import client_side
 from .middleware import Middleware
@@ -17,6 +18,13 @@ from .middleware.retry import Retry, RetryPolicy
 from .settings import ClientSettings
 from .tls import channel_credentials, tls_options
 from .variables import warn_unknown_variables
+
+SyncInterceptor = (
+    grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+)
 
 
 def connect(
@@ -54,34 +62,111 @@ def connect(
     With GZ_ZONE, k8s:// calls stay in that zone while it can carry them
     (docs/discovery/kubernetes.md).
     """
+    return BalancedChannel(
+        _resolver(target, settings := _settings(settings)),
+        interceptors=interceptors,
+        subsetter=_subsetter(settings),
+        **_channel_arguments(
+            settings, balancer, middleware, timeout, credentials, options, health_check, retry
+        ),
+    )
+
+
+def connect_sync(
+    target: str | Resolver,
+    *,
+    balancer: str | None = None,
+    middleware: Sequence[Middleware] = (),
+    interceptors: Sequence[SyncInterceptor] = (),
+    timeout: float | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    health_check: bool | None = None,
+    retry: RetryPolicy | bool | None = None,
+    settings: ClientSettings | None = None,
+) -> SyncBalancedChannel:
+    """``connect()`` for synchronous code (Django, Flask, Celery, scripts): a grpc.Channel that
+    synchronous stubs take unchanged, with the same targets, arguments, settings, balancing,
+    retries, ejection and health watch.
+
+    One channel may be shared by every thread of a process; calls go from the calling thread
+    straight to grpc, and one background thread per process (not per channel or endpoint) keeps
+    the endpoints current. ``middleware`` must be call observers (``gz.CallObserver``);
+    ``interceptors`` are grpc's synchronous client interceptors. Blocking unary calls are
+    retried on another endpoint; ``future()`` calls and streams are not. ``close()`` (or a
+    ``with`` block) stops the background work within a second. A channel made before a fork
+    starts afresh in the child; creating it lazily in each process is still the clearer pattern
+    (docs/service.md).
+    """
+    settings = _settings(settings)
+    first: Resolver | None = _resolver(target, settings)  # a malformed target fails here
+
+    def make_resolver() -> Resolver:
+        """The first resolver, then a new one (a forked child starts afresh)."""
+        nonlocal first
+        made, first = first, None
+        return made or _resolver(target, settings)
+
+    return SyncBalancedChannel(
+        make_resolver,
+        target=first.target,
+        interceptors=interceptors,
+        make_subsetter=lambda: _subsetter(settings),
+        **_channel_arguments(
+            settings, balancer, middleware, timeout, credentials, options, health_check, retry
+        ),
+    )
+
+
+def _settings(settings: ClientSettings | None) -> ClientSettings:
+    """The settings of a new channel; the first channel of a process also warns of unknown
+    GZ_* names and starts the HTTP side (GZ_METRICS_PORT) of a process without a server."""
     warn_unknown_variables(once=True)  # a typo in a GZ_* name is otherwise silent
     settings = settings or ClientSettings.from_env()
-    client_side(settings)  # GZ_METRICS_PORT: the HTTP side, on the first connect() only
+    client_side(settings)
+    return settings
+
+
+def _resolver(target: str | Resolver, settings: ClientSettings) -> Resolver:
     resolver = target if isinstance(target, Resolver) else build_resolver(target, settings)
-    timeout = timeout if timeout is not None else settings.timeout
     if settings.metrics:
         from .middleware.metrics import count_resolution
 
         resolver = count_resolution(resolver)
+    return resolver
+
+
+def _subsetter(settings: ClientSettings) -> Subsetter:
+    return Subsetter(client_id(settings.client_id), settings.subset_size)
+
+
+def _channel_arguments(
+    settings: ClientSettings,
+    balancer: str | None,
+    middleware: Sequence[Middleware],
+    timeout: float | None,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]],
+    health_check: bool | None,
+    retry: RetryPolicy | bool | None,
+) -> dict[str, Any]:
+    """What connect() and connect_sync() give their channel, from arguments and settings."""
+    timeout = timeout if timeout is not None else settings.timeout
     middleware = [*client_middleware(settings, timeout), *middleware]
     if settings.deadline:
         timeout = None  # the Deadline middleware applies it, with GZ_METHOD_TIMEOUTS
     if credentials is None:
         credentials = channel_credentials(settings)
-    options = [*options, *tls_options(settings)]
-    return BalancedChannel(
-        resolver,
-        picker=picker_class(balancer or settings.balancer),
-        middleware=middleware,
-        interceptors=interceptors,
-        options=options,
-        credentials=credentials,
-        timeout=timeout,
-        health_check=settings.health_check if health_check is None else health_check,
-        retry=_retry(retry, settings),
-        subsetter=Subsetter(client_id(settings.client_id), settings.subset_size),
-        zone=settings.zone,
-    )
+    return {
+        "picker": picker_class(balancer or settings.balancer),
+        "middleware": middleware,
+        "options": [*options, *tls_options(settings)],
+        "credentials": credentials,
+        "timeout": timeout,
+        "health_check": settings.health_check if health_check is None else health_check,
+        "retry": _retry(retry, settings),
+        "zone": settings.zone,
+    }
 
 
 def _retry(retry: RetryPolicy | bool | None, settings: ClientSettings) -> Retry | None:

@@ -61,6 +61,17 @@ def open_channel(
     return grpc.aio.secure_channel(address, credentials, options, interceptors=interceptors)
 
 
+def open_sync_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A grpc.Channel to one address (a sync client's calls), as open_channel() makes them."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options)
+    return grpc.secure_channel(address, credentials, options)
+
+
 def endpoint_channel(address: str, settings: ClientSettings) -> grpc.aio.Channel:
     """A channel to one address, plaintext or TLS as the client settings say (gz health)."""
     return open_channel(address, channel_credentials(settings), tls_options(settings))

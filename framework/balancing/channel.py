@@ -16,7 +16,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -83,6 +83,7 @@ class BalancedChannel(grpc.aio.Channel):
         retry: Retry | None = None,
         subsetter: Subsetter | None = None,
         zone: str | None = None,
+        calls_channel: Callable[[Endpoint], Any] | None = None,
     ) -> None:
         self.target = resolver.target
         self.balancer = picker.name
@@ -100,6 +101,7 @@ class BalancedChannel(grpc.aio.Channel):
         self._health_check = health_check
         self._subsetter = subsetter  # None: every endpoint gets a subchannel
         self._zone = zone  # None: no zone preferred
+        self._calls_channel = calls_channel  # a sync client's grpc.Channel per endpoint
         self._pool: SubchannelPool | None = None
         self._resolving: asyncio.Task[None] | None = None
         self._closed = False
@@ -125,6 +127,7 @@ class BalancedChannel(grpc.aio.Channel):
                 self._make_health_channel,
                 self._subsetter,
                 self._zone,
+                self._calls_channel,
             )
             self._resolving = asyncio.get_running_loop().create_task(self._resolve(self._pool))
         return self._pool

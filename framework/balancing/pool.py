@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -52,6 +53,7 @@ class SubchannelPool:
         make_health_channel: Callable[[Endpoint], grpc.aio.Channel | None] = lambda _: None,
         subsetter: Subsetter | None = None,
         zone: str | None = None,
+        make_calls_channel: Callable[[Endpoint], Any] | None = None,
     ) -> None:
         self.target = target
         self.picker: Picker | None = None
@@ -69,6 +71,7 @@ class SubchannelPool:
         self._close_grace = close_grace
         self._health_check = health_check
         self._make_health_channel = make_health_channel
+        self._make_calls_channel = make_calls_channel  # a sync client's: calls go through it
         self._changed = asyncio.get_running_loop().create_future()
         self._closing: set[asyncio.Task[None]] = set()
         self._readmissions: dict[Endpoint, asyncio.TimerHandle] = {}
@@ -107,7 +110,8 @@ class SubchannelPool:
             self._retire(self.subchannels.pop(endpoint))
         for endpoint in sorted(wanted - current):
             channel = self._make_channel(endpoint)
-            subchannel = Subchannel(endpoint, channel, self._changed_state, self._eject)
+            calls = self._make_calls_channel(endpoint) if self._make_calls_channel else None
+            subchannel = Subchannel(endpoint, channel, self._changed_state, self._eject, calls)
             self.subchannels[endpoint] = subchannel
             health_channel = self._make_health_channel(endpoint) if self._health_check else None
             subchannel.start(self._health_check, health_channel)
@@ -192,7 +196,8 @@ class SubchannelPool:
         if ejected + 1 > len(self.subchannels) // 2:
             log.debug("%s: not ejecting %s: half the endpoints are out", self.target, subchannel)
             return
-        duration = subchannel.outcomes.eject(time.monotonic())
+        with subchannel.lock:  # a sync client records outcomes from its calling threads
+            duration = subchannel.outcomes.eject(time.monotonic())
         log.warning(
             "%s: ejecting %s for %.0fs: its calls keep failing",
             self.target, subchannel.endpoint, duration,
@@ -207,7 +212,8 @@ class SubchannelPool:
     def _readmit(self, subchannel: Subchannel) -> None:
         """Back on probation: its first call decides whether it stays."""
         self._readmissions.pop(subchannel.endpoint, None)
-        subchannel.outcomes.readmit(time.monotonic())
+        with subchannel.lock:
+            subchannel.outcomes.readmit(time.monotonic())
         log.info("%s: %s is back, on probation", self.target, subchannel.endpoint)
         self._resubset()
         self._rebuild()

@@ -96,7 +96,8 @@ def _budget_view(retry: Retry, now: float, used: bool) -> View:
 
 def _endpoint_view(subchannel: Subchannel, usable: bool, health_check: bool, now: float) -> View:
     load, outcomes = subchannel.load, subchannel.outcomes
-    calls, failures = outcomes.recent(now)
+    with subchannel.lock:  # a sync client's threads record outcomes meanwhile
+        calls, failures = outcomes.recent(now)
     left = round(max(0.0, outcomes.ejected_until - now), 1) if outcomes.is_ejected() else None
     health = "SERVING" if subchannel.serving else "NOT_SERVING"
     if not health_check:

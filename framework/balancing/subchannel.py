@@ -1,5 +1,10 @@
 """A subchannel is one grpc.aio channel to one endpoint, with its connectivity and serving state
-tracked by watcher tasks (never polled on the call path)."""
+tracked by watcher tasks (never polled on the call path).
+
+A synchronous client (``gz.connect_sync``) makes its calls over a grpc.Channel of its own
+(``calls_channel``) from any thread, while the watchers run in its background event loop; its
+calls update the load and outcomes under ``lock``, and the loop takes the same lock to eject,
+readmit or read them."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +37,7 @@ OutlierListener = Callable[["Subchannel"], None]
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _HEALTH_RETRY = 1.0  # seconds between health calls after a Watch ends, and while NOT_SERVING
+_CALLS_ENDED_POLL = 0.05  # seconds: how often a retired sync subchannel looks for its last call
 
 
 class Subchannel:
@@ -43,8 +50,9 @@ class Subchannel:
     """
 
     __slots__ = (
-        "_health_channel", "_on_change", "_on_outlier", "_tasks", "callables", "channel",
-        "endpoint", "health_known", "load", "outcomes", "peer", "serving", "state",
+        "_health_channel", "_loop", "_on_change", "_on_outlier", "_tasks", "callables",
+        "calls_channel", "channel", "endpoint", "health_known", "load", "lock", "outcomes",
+        "peer", "serving", "state",
     )  # fmt: skip
 
     def __init__(
@@ -53,10 +61,15 @@ class Subchannel:
         channel: grpc.aio.Channel,
         on_change: ChangeListener,
         on_outlier: OutlierListener = lambda _: None,
+        calls_channel: Any = None,
     ) -> None:
         self.endpoint = endpoint
         self.peer = endpoint.address  # host:port, as calls report it; made once, not per call
         self.channel = channel
+        # What calls go through: the watched channel itself, or a sync client's grpc.Channel
+        self.calls_channel = channel if calls_channel is None else calls_channel
+        self.lock = threading.Lock()  # taken by sync calls and by the loop when it reads them
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.state = State.IDLE
         self.serving = True  # until the health service says otherwise
         self.health_known = False  # the health service has answered (for /debug/targets)
@@ -82,22 +95,44 @@ class Subchannel:
     def _finished(
         self, started_at: float, unary: bool, on_end: CallEndListener | None, call: Any
     ) -> None:
-        now = time.monotonic()
-        self.load.inflight -= 1
         code = finished_code(call)
-        if unary and code is not grpc.StatusCode.CANCELLED:
-            self.load.finished(started_at, now)
-        if code is not None and self.outcomes.record(code, now):
+        if self._count_end(started_at, time.monotonic(), unary, code):
             self._on_outlier(self)
         if on_end is not None:
             on_end(code or grpc.StatusCode.UNKNOWN)
+
+    def _count_end(
+        self, started_at: float, now: float, unary: bool, code: grpc.StatusCode | None
+    ) -> bool:
+        """Take an ended call out of the load and learn from it; True: eject the endpoint."""
+        self.load.inflight -= 1
+        if unary and code is not grpc.StatusCode.CANCELLED:
+            self.load.finished(started_at, now)
+        return code is not None and self.outcomes.record(code, now)
+
+    # -- calls from other threads (the sync client) -------------------------------------------
+    def sync_call_started(self) -> float:
+        """Count a call made from any thread in flight; the time it started."""
+        now = time.monotonic()
+        with self.lock:
+            self.load.inflight += 1
+            self.load.last_pick = now
+        return now
+
+    def sync_call_ended(self, started_at: float, unary: bool, code: grpc.StatusCode) -> None:
+        """The call counted by sync_call_started() ended with ``code`` (from any thread)."""
+        with self.lock:
+            eject = self._count_end(started_at, time.monotonic(), unary, code)
+        loop = self._loop
+        if eject and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_outlier, self)  # the pool changes in its loop
 
     def start(self, health_check: bool, health_channel: grpc.aio.Channel | None = None) -> None:
         """Watch the connection, and with health_check the server's health: over health_channel
         if given (one without the user's interceptors, which must not see gz's own calls)."""
         self.state = self.channel.get_state(try_to_connect=True)
         self._health_channel = health_channel
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_state()))
         if health_check:
             self._tasks.append(loop.create_task(self._watch_health()))
@@ -164,7 +199,19 @@ class Subchannel:
         self.callables.clear()
         if self._health_channel is not None:
             await self._health_channel.close(0)
+        if self.calls_channel is not self.channel:
+            await self._close_calls_channel(grace)
         await self.channel.close(grace)
+
+    async def _close_calls_channel(self, grace: float | None) -> None:
+        """A sync client's channel: grpc.Channel.close() cancels what is in flight at once, so
+        wait for its calls to end first, up to ``grace``."""
+        if grace:
+            until = time.monotonic() + grace
+            # the calls end in other threads: there is no event of theirs to await
+            while self.load.inflight > 0 and time.monotonic() < until:  # noqa: ASYNC110
+                await asyncio.sleep(_CALLS_ENDED_POLL)
+        self.calls_channel.close()
 
     def __repr__(self) -> str:
         serving = "" if self.serving else " NOT_SERVING"

@@ -7,11 +7,12 @@ gz_resolver_updates_total{target}, gz_resolver_errors_total{target} and
 gz_balancer_picks_total{endpoint}. All of them are in prometheus_client's default registry, so a
 service's own metrics appear on the same /metrics page.
 
-Calls are counted in plain integers per method, on the event loop thread that runs every chain,
-and turned into metric families only when /metrics is scraped: a call costs a few additions
-instead of prometheus_client's locked updates. The latency buckets are GZ_METRICS_BUCKETS (100 µs
-to 10 s by default). With tracing on, each bucket also keeps the trace id of its latest sampled
-call, shown as an exemplar in the OpenMetrics exposition (the classic text format has none).
+Calls are counted in plain integers per method, under one small lock per method (a sync client
+counts from many threads), and turned into metric families only when /metrics is scraped: a call
+costs a few additions instead of prometheus_client's per-metric locked updates. The latency
+buckets are GZ_METRICS_BUCKETS (100 µs to 10 s by default). With tracing on, each bucket also
+keeps the trace id of its latest sampled call, shown as an exemplar in the OpenMetrics
+exposition (the classic text format has none).
 """
 
 from __future__ import annotations
@@ -50,13 +51,15 @@ class MethodStats:
 
     __slots__ = (
         "bounds", "buckets", "exemplar_at", "exemplar_seconds", "exemplar_trace", "handled",
-        "labels", "received", "retries", "sent", "started", "sum",
+        "labels", "lock", "picks", "received", "retries", "sent", "started", "sum",
     )  # fmt: skip
 
     def __init__(self, method: Method, bounds: tuple[float, ...]) -> None:
         self.labels = (GRPC_TYPES[method.kind], method.service, method.name)
+        self.lock = threading.Lock()  # held for the few additions of one call's begin or end
         self.started = self.received = self.sent = self.retries = 0
         self.handled: dict[grpc.StatusCode, int] = {}
+        self.picks: dict[str, int] = {}  # client: calls per endpoint
         self.bounds = bounds
         self.buckets = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
@@ -110,7 +113,6 @@ class GrpcCollector:
     def __init__(self) -> None:
         self._stats: dict[tuple[str, str], MethodStats] = {}
         self._lock = threading.Lock()  # methods are added by the loop while a scrape iterates
-        self.picks: dict[str, int] = {}
 
     def stats(self, method: Method, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> MethodStats:
         """One MethodStats per method and side, shared by every channel and server: the first
@@ -153,7 +155,9 @@ class GrpcCollector:
                 if stats_side != side:
                     continue
                 started.add_metric(stat.labels, stat.started)
-                for code, count in list(stat.handled.items()):
+                with stat.lock:
+                    codes = list(stat.handled.items())
+                for code, count in codes:
                     handled.add_metric([*stat.labels, GO_CODE_NAMES[code]], count)
                 handling.add_metric(stat.labels, stat.histogram(wall_offset), stat.sum)
                 received.add_metric(stat.labels, stat.received)
@@ -171,7 +175,13 @@ class GrpcCollector:
         picks = CounterMetricFamily(
             "gz_balancer_picks", "Calls sent to each endpoint by gz clients.", labels=["endpoint"]
         )
-        for endpoint, count in list(self.picks.items()):
+        by_endpoint: dict[str, int] = {}
+        for (stats_side, _), stat in stats:
+            if stats_side == "client":
+                with stat.lock:
+                    for endpoint, count in stat.picks.items():
+                        by_endpoint[endpoint] = by_endpoint.get(endpoint, 0) + count
+        for endpoint, count in by_endpoint.items():
             picks.add_metric([endpoint], count)
         yield picks
 
@@ -213,44 +223,58 @@ class _UnaryMetrics(CallObserver):
     def __init__(self, method: Method, stats: MethodStats, exemplars: bool) -> None:
         self.stats = stats
         self._exemplars = exemplars  # tracing is on: look for the call's span
-        self._picks = collector().picks if method.side == "client" else None
+        self._client = method.side == "client"  # counts its picks per endpoint
         self._server = method.side == "server"
         self._one_request = not method.kind.request_streaming  # counted as the call begins
         self._one_response = not method.kind.response_streaming  # counted as it ends well
 
     def begin(self, ctx: CallContext) -> float:
-        self.stats.started += 1
-        if self._one_request:
-            self._request_message()
-        if ATTEMPT in ctx.state and ctx.state[ATTEMPT] > 1:
-            self.stats.retries += 1
+        stats = self.stats
+        retry = ATTEMPT in ctx.state and ctx.state[ATTEMPT] > 1
+        with stats.lock:
+            stats.started += 1
+            if self._one_request:
+                self._count_request()
+            if retry:
+                stats.retries += 1
         return time.perf_counter()
 
     def end(self, ctx: CallContext, started: float, error: BaseException | None) -> None:
         stats = self.stats
         now = time.perf_counter()
         seconds = now - started
-        bucket = stats.observe(seconds)
-        if self._exemplars and (span := ctx.state.get(SPAN)) is not None:
-            stats.exemplar(bucket, span, seconds, now)
         code = call_code(ctx, error)
-        stats.handled[code] = stats.handled.get(code, 0) + 1
-        if self._picks is not None and (peer := ctx.peer) is not None:
-            self._picks[peer] = self._picks.get(peer, 0) + 1
-        if error is None and self._one_response:
-            self._response()
+        peer = ctx.peer if self._client else None
+        with stats.lock:
+            bucket = stats.observe(seconds)
+            stats.handled[code] = stats.handled.get(code, 0) + 1
+            if peer is not None:
+                stats.picks[peer] = stats.picks.get(peer, 0) + 1
+            if error is None and self._one_response:
+                self._count_response()
+            if self._exemplars and (span := ctx.state.get(SPAN)) is not None:
+                stats.exemplar(bucket, span, seconds, now)
+
+    # The message counts; the caller holds stats.lock.
+    def _count_response(self) -> None:
+        if self._server:
+            self.stats.sent += 1
+        else:
+            self.stats.received += 1
+
+    def _count_request(self) -> None:
+        if self._server:
+            self.stats.received += 1
+        else:
+            self.stats.sent += 1
 
     def _response(self) -> None:
-        if self._server:
-            self.stats.sent += 1
-        else:
-            self.stats.received += 1
+        with self.stats.lock:
+            self._count_response()
 
     def _request_message(self) -> None:
-        if self._server:
-            self.stats.received += 1
-        else:
-            self.stats.sent += 1
+        with self.stats.lock:
+            self._count_request()
 
 
 class _StreamingMetrics(_UnaryMetrics):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -116,11 +117,12 @@ class RetryBudget:
     is more. The reserve is not added to the share: it only lets a client making few calls (under
     reserve / ratio per window) retry a few failures, and adds nothing once traffic is above it."""
 
-    __slots__ = ("_calls", "_retries", "ratio", "reserve")
+    __slots__ = ("_calls", "_lock", "_retries", "ratio", "reserve")
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._calls = SlidingCount(policy.budget_window)
         self._retries = SlidingCount(policy.budget_window)
+        self._lock = threading.Lock()  # a sync client's calls count from many threads
         self.ratio = policy.budget_ratio
         self.reserve = policy.budget_min_per_second * policy.budget_window
 
@@ -130,19 +132,22 @@ class RetryBudget:
 
     def record_call(self, now: float) -> None:
         """Count one call, not its retries (``now``: time.monotonic())."""
-        self._calls.add(now)
+        with self._lock:
+            self._calls.add(now)
 
     def usage(self, now: float) -> tuple[int, int, float]:
         """(calls, retries, retries allowed) over the window ending at ``now``, for
-        /debug/targets (read in the event loop, as it slides the windows)."""
-        return self._calls.value(now), self._retries.value(now), self.allowed(now)
+        /debug/targets."""
+        with self._lock:
+            return self._calls.value(now), self._retries.value(now), self.allowed(now)
 
     def try_spend(self, now: float) -> bool:
         """Take a retry token; False when the window's retries are used up."""
-        if self._retries.value(now) + 1 > self.allowed(now):
-            return False
-        self._retries.add(now)
-        return True
+        with self._lock:
+            if self._retries.value(now) + 1 > self.allowed(now):
+                return False
+            self._retries.add(now)
+            return True
 
 
 class Retry(Middleware):
@@ -160,8 +165,9 @@ class Retry(Middleware):
         )
 
     def retryable(self, ctx: CallContext, error: BaseException) -> bool:
-        """Whether an attempt that failed with ``error`` may be followed by another."""
-        if not isinstance(error, AioRpcError):
+        """Whether an attempt that failed with ``error`` (grpc.aio's or grpc's error of a call)
+        may be followed by another."""
+        if not isinstance(error, grpc.RpcError) or not hasattr(error, "code"):
             return False
         idempotent = ctx.state.get(IDEMPOTENT)
         if idempotent is None:
@@ -231,8 +237,18 @@ class Retry(Middleware):
     async def _may_retry(self, ctx: CallContext, error: AioRpcError, number: int) -> bool:
         """Whether attempt ``number`` may follow a failure with ``error``: allowed by the
         policy, the deadline and the budget. Sleeps the backoff first when it is."""
-        if number > self.policy.max_attempts or not self.retryable(ctx, error):
+        delay = self.next_delay(ctx, error, number)
+        if delay is None:
             return False
+        await asyncio.sleep(delay)
+        return True
+
+    def next_delay(self, ctx: CallContext, error: grpc.RpcError, number: int) -> float | None:
+        """The backoff to wait before attempt ``number``, which follows a failure with
+        ``error``, when the policy, the deadline and the budget allow it (a retry token is then
+        spent); None when they do not."""
+        if number > self.policy.max_attempts or not self.retryable(ctx, error):
+            return None
         backoff = ctx.state.get(_BACKOFF)
         if backoff is None:
             backoff = ctx.state[_BACKOFF] = Backoff(
@@ -241,11 +257,10 @@ class Retry(Middleware):
         delay = backoff.next_delay()
         now = time.monotonic()
         if ctx.deadline is not None and now + delay >= ctx.deadline:
-            return False
+            return None
         if not self.budget.try_spend(now):
-            return False
-        await asyncio.sleep(delay)
-        return True
+            return None
+        return delay
 
 
 def _attempt_context(ctx: CallContext, number: int) -> CallContext:
