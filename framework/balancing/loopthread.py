@@ -48,8 +48,12 @@ class LoopThread:
         """Run ``coroutine`` in the loop and wait for its result (from any other thread)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
+    def is_current(self) -> bool:
+        """Whether the caller runs in this loop's thread."""
+        return self._thread is threading.current_thread()
+
     def stop(self) -> None:
-        if self._thread is threading.current_thread():
+        if self.is_current():
             self.loop.stop()
             return
         with contextlib.suppress(RuntimeError):  # already closed

@@ -10,9 +10,10 @@ endpoint's load (under the subchannel's small lock, never across the call). Only
 before any picker exists, hop to the loop to wait for one.
 
 Blocking unary calls are retried in the caller's thread, as the async channel's Retry does
-(another endpoint, backoff, deadline, budget); ``future()`` calls and streams are returned as
-grpc made them and are not retried. Middleware must be call observers (begin and end run in the
-calling thread, or in grpc's thread for a call that ends there).
+(another endpoint, backoff, deadline, budget), and unary ``future()`` calls from the loop
+(syncattempts.py); streams are returned as grpc made them and are not retried. Middleware must
+be call observers (begin and end run in the calling thread, or in grpc's thread for a call that
+ends there).
 
 After a fork, a channel made before it starts afresh in the child on its next call: its own loop
 thread, connections and resolution (threads and their state do not survive a fork).
@@ -20,6 +21,7 @@ thread, connections and resolution (threads and their state do not survive a for
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -43,6 +45,7 @@ from .picker import Picker
 from .pool import SubchannelPool
 from .subchannel import Subchannel
 from .subset import Subsetter
+from .syncattempts import FutureAttempts
 
 log = logging.getLogger("gz.balancing")
 
@@ -144,6 +147,7 @@ class SyncBalancedChannel(grpc.Channel):
 
     def _calls_channel(self, endpoint: Endpoint) -> grpc.Channel:
         channel = open_sync_channel(endpoint.address, self._credentials, self._options)
+        _connect_now(channel)
         if self._interceptors:
             channel = grpc.intercept_channel(channel, *self._interceptors)
         return channel
@@ -162,6 +166,18 @@ class SyncBalancedChannel(grpc.Channel):
             return thread.run(inner.pick_when_ready(deadline, bool(wait_for_ready), tried))
         except grpc.aio.AioRpcError as error:
             raise sync_rpc_error(error.code(), error.details() or "") from None
+
+    def pick_now(self, tried: Sequence[str]) -> Subchannel | None:
+        """A subchannel not in ``tried`` if there is another, without waiting (None: no picker:
+        the channel closed or has no usable endpoint). For the loop, which must not wait."""
+        pool = self._pool
+        picker = pool.picker if pool is not None else None
+        return None if picker is None else picker.pick_other(tried)
+
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The background loop, once started (None before, or after close)."""
+        thread = self._thread
+        return None if thread is None or self._closed else thread.loop
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -266,6 +282,14 @@ class SyncBalancedChannel(grpc.Channel):
         return f"<SyncBalancedChannel {self.target} {len(self.endpoints)} endpoints>"
 
 
+def _connect_now(channel: grpc.Channel) -> None:
+    """Have grpc connect now, as the watched channel does, so that the first call does not wait
+    for the handshake. grpc.Channel offers no public way that does not start a thread."""
+    check = getattr(getattr(channel, "_channel", None), "check_connectivity_state", None)
+    if check is not None:
+        check(True)
+
+
 async def _start(inner: BalancedChannel) -> SubchannelPool:
     return inner._start()
 
@@ -278,7 +302,11 @@ def _shut(inner: BalancedChannel, thread: loopthread.LoopThread) -> None:
     """Close the inner channel in its loop and let the loop thread go (close(), collection of
     an unclosed channel, or interpreter exit)."""
     try:
-        if thread.pid == os.getpid() and thread.loop.is_running():
+        if thread.pid != os.getpid() or not thread.loop.is_running():
+            return
+        if thread.is_current():  # collected in the loop itself: it cannot wait for itself
+            thread.loop.create_task(inner.close(None))
+        else:
             thread.run(inner.close(None), CLOSE_TIMEOUT)
     except Exception:  # a loop that does not answer must not keep the caller
         log.warning("%s: the background work did not stop within %ss", inner.target,
@@ -352,20 +380,29 @@ class _SyncMultiCallable:
 
     def _started(self, request: Any, timeout: float | None, metadata: Any, credentials: Any,
                  wait_for_ready: Any, compression: Any, how: str) -> Any:  # fmt: skip
-        """A call that runs on (``future()``, streams): made on one endpoint and returned as
-        grpc made it; the load and the observers learn its end from grpc's done-callback."""
-        channel = self._channel
+        """A call that runs on (``future()``, streams), returned as grpc made it; a unary
+        ``future()`` with retries on comes inside a FutureAttempts."""
         if timeout is None:
-            timeout = channel.timeout
+            timeout = self._channel.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        subchannel = channel.pick(deadline, wait_for_ready, None)
+        extras = (metadata, credentials, wait_for_ready, compression)
+        if how == "future" and self._retry is not None:
+            return FutureAttempts(self, request, deadline, extras, idempotent_override())
+        subchannel = self._channel.pick(deadline, wait_for_ready, None)
+        return self.start_attempt(subchannel, request, deadline, extras, how, None)
+
+    def start_attempt(self, subchannel: Subchannel, request: Any, deadline: float | None,
+                      extras: tuple[Any, Any, Any, Any], how: str,
+                      state: dict[str, Any] | None) -> Any:  # fmt: skip
+        """Make one call on ``subchannel`` that runs on; the load and the observers learn its
+        end from grpc's done-callback (run in grpc's thread)."""
+        metadata, credentials, wait_for_ready, compression = extras
         callable_ = subchannel.callables.get(self) or self._bind(subchannel)
         ctx, tokens = None, None
         if self._observers:
-            ctx, tokens = self._begin(subchannel, metadata, deadline, None)
+            ctx, tokens = self._begin(subchannel, metadata, deadline, state)
             metadata, deadline = ctx.metadata or None, ctx.deadline
-            if deadline is not None:
-                timeout = max(0.0, deadline - time.monotonic())
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         started = subchannel.sync_call_started()
         try:
             call = getattr(callable_, how)(request, timeout=timeout, metadata=metadata,
