@@ -92,8 +92,8 @@ def connect_sync(
     One channel may be shared by every thread of a process; calls go from the calling thread
     straight to grpc, and one background thread per process (not per channel or endpoint) keeps
     the endpoints current. ``middleware`` must be call observers (``gz.CallObserver``);
-    ``interceptors`` are grpc's synchronous client interceptors. Blocking unary calls are
-    retried on another endpoint; ``future()`` calls and streams are not. ``close()`` (or a
+    ``interceptors`` are grpc's synchronous client interceptors. Unary calls (blocking and
+    ``future()``) are retried on another endpoint; streams are not. ``close()`` (or a
     ``with`` block) stops the background work within a second. A channel made before a fork
     starts afresh in the child; creating it lazily in each process is still the clearer pattern
     (docs/service.md).

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -134,7 +135,11 @@ class SyncBalancedChannel(grpc.Channel):
                     retry=self.retry,  # its budget shows on /debug/targets
                     subsetter=self._make_subsetter(),
                     zone=self._zone,
-                    calls_channel=self._calls_channel,
+                    # not a bound method: the loop's objects must not keep this channel alive,
+                    # so that an unclosed channel is collected (and its work stopped)
+                    calls_channel=functools.partial(
+                        _calls_channel, self._credentials, self._options, self._interceptors
+                    ),
                 )
                 try:
                     self._pool = thread.run(_start(inner))
@@ -144,13 +149,6 @@ class SyncBalancedChannel(grpc.Channel):
                 self._inner, self._thread = inner, thread
                 self._finalizer = weakref.finalize(self, _shut, inner, thread)
             return self._inner, self._thread
-
-    def _calls_channel(self, endpoint: Endpoint) -> grpc.Channel:
-        channel = open_sync_channel(endpoint.address, self._credentials, self._options)
-        _connect_now(channel)
-        if self._interceptors:
-            channel = grpc.intercept_channel(channel, *self._interceptors)
-        return channel
 
     def pick(
         self, deadline: float | None, wait_for_ready: bool | None, tried: Sequence[str] | None
@@ -282,6 +280,20 @@ class SyncBalancedChannel(grpc.Channel):
         return f"<SyncBalancedChannel {self.target} {len(self.endpoints)} endpoints>"
 
 
+def _calls_channel(
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]],
+    interceptors: Sequence[Any],
+    endpoint: Endpoint,
+) -> grpc.Channel:
+    """The grpc.Channel one endpoint's calls go through."""
+    channel = open_sync_channel(endpoint.address, credentials, options)
+    _connect_now(channel)
+    if interceptors:
+        channel = grpc.intercept_channel(channel, *interceptors)
+    return channel
+
+
 def _connect_now(channel: grpc.Channel) -> None:
     """Have grpc connect now, as the watched channel does, so that the first call does not wait
     for the handshake. grpc.Channel offers no public way that does not start a thread."""
@@ -359,6 +371,9 @@ class _SyncMultiCallable:
         self._deserializer = deserializer
         self._registered = registered
         self._unary = kind is Kind.UNARY_UNARY  # only these feed the latency average
+        # Its key in subchannel.callables: not the multicallable itself, which holds the
+        # channel, so that the loop's objects never keep an unclosed channel alive.
+        self._key = object()
         self._observers = sync_observers(channel._middleware, self.method)
         retry = channel.retry
         self._retry = retry if retry is not None and retry.applies_to(self.method) else None
@@ -368,7 +383,7 @@ class _SyncMultiCallable:
             self.method.full_name, self._serializer, self._deserializer,
             _registered_method=self._registered,
         )  # fmt: skip
-        subchannel.callables[self] = callable_
+        subchannel.callables[self._key] = callable_
         return callable_
 
     def _begin(self, subchannel: Subchannel, metadata: Any, deadline: float | None,
@@ -397,7 +412,7 @@ class _SyncMultiCallable:
         """Make one call on ``subchannel`` that runs on; the load and the observers learn its
         end from grpc's done-callback (run in grpc's thread)."""
         metadata, credentials, wait_for_ready, compression = extras
-        callable_ = subchannel.callables.get(self) or self._bind(subchannel)
+        callable_ = subchannel.callables.get(self._key) or self._bind(subchannel)
         ctx, tokens = None, None
         if self._observers:
             ctx, tokens = self._begin(subchannel, metadata, deadline, state)
@@ -442,7 +457,7 @@ class _SyncMultiCallable:
         how = "with_call" if with_call else "__call__"
         while True:
             subchannel = channel.pick(deadline, wait_for_ready, tried)
-            callable_ = getattr(subchannel.callables.get(self) or self._bind(subchannel), how)
+            callable_ = getattr(subchannel.callables.get(self._key) or self._bind(subchannel), how)
             sent_metadata, ctx, tokens = metadata, None, None
             if observers:
                 ctx, tokens = self._begin(subchannel, metadata, deadline, state)
