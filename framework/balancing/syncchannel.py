@@ -11,9 +11,9 @@ before any picker exists, hop to the loop to wait for one.
 
 Blocking unary calls are retried in the caller's thread, as the async channel's Retry does
 (another endpoint, backoff, deadline, budget), and unary ``future()`` calls from the loop
-(syncattempts.py); streams are returned as grpc made them and are not retried. Middleware must
-be call observers (begin and end run in the calling thread, or in grpc's thread for a call that
-ends there).
+(syncattempts.py); streams are not retried, and are returned as grpc made them unless call
+observers count their messages (syncstream.py). Middleware must be call observers (begin and
+end run in the calling thread, or in grpc's thread for a call that ends there).
 
 After a fork, a channel made before it starts afresh in the child on its next call: its own loop
 thread, connections and resolution (threads and their state do not survive a fork).
@@ -47,6 +47,7 @@ from .pool import SubchannelPool
 from .subchannel import Subchannel
 from .subset import Subsetter
 from .syncattempts import FutureAttempts
+from .syncstream import ResponseStream, counted_requests
 
 log = logging.getLogger("gz.balancing")
 
@@ -375,6 +376,11 @@ class _SyncMultiCallable:
         # channel, so that the loop's objects never keep an unclosed channel alive.
         self._key = object()
         self._observers = sync_observers(channel._middleware, self.method)
+        # Observers that count a stream's messages (metrics): streams pass through syncstream.py
+        streaming = kind is not Kind.UNARY_UNARY
+        self._counters = tuple(
+            o for o in self._observers if streaming and type(o).message is not CallObserver.message
+        )
         retry = channel.retry
         self._retry = retry if retry is not None and retry.applies_to(self.method) else None
 
@@ -418,6 +424,9 @@ class _SyncMultiCallable:
             ctx, tokens = self._begin(subchannel, metadata, deadline, state)
             metadata, deadline = ctx.metadata or None, ctx.deadline
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        counters = self._counters
+        if counters and self.method.kind.request_streaming:
+            request = counted_requests(request, counters, ctx)  # type: ignore[arg-type]
         started = subchannel.sync_call_started()
         try:
             call = getattr(callable_, how)(request, timeout=timeout, metadata=metadata,
@@ -437,6 +446,8 @@ class _SyncMultiCallable:
                 end_observers(observers, ctx, tokens, code)  # type: ignore[arg-type]
 
         call.add_done_callback(ended)
+        if counters and self.method.kind.response_streaming:
+            return ResponseStream(call, counters, ctx)  # type: ignore[arg-type]
         return call
 
     def _blocking(self, request: Any, timeout: float | None, metadata: Any, credentials: Any,
@@ -464,6 +475,8 @@ class _SyncMultiCallable:
                 sent_metadata, deadline = ctx.metadata or None, ctx.deadline
             if deadline is not None and (ctx is not None or state is not None):
                 timeout = max(0.0, deadline - time.monotonic())
+            if self._counters:  # a request stream (never retried: one attempt)
+                request = counted_requests(request, self._counters, ctx)  # type: ignore[arg-type]
             started = subchannel.sync_call_started()
             try:
                 result = callable_(request, timeout=timeout, metadata=sent_metadata,

@@ -139,6 +139,12 @@ class CallObserver(Middleware):
     def end(self, ctx: CallContext, token: Any, error: BaseException | None) -> None:
         return None
 
+    def message(self, ctx: CallContext, is_request: bool) -> None:
+        """A message of a stream passed (a request, or a response); the one message of a unary
+        side is not reported. Called by the sync client (``connect_sync``), which has no
+        coroutines to wrap a stream in; async chains see streams through ``stream``."""
+        return None
+
     # Used when an observer is called on its own; compose() runs observers as _Observers.
     async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
         return await _Observers((self,)).unary(ctx, request, call_next)

@@ -280,6 +280,12 @@ class _UnaryMetrics(CallObserver):
 class _StreamingMetrics(_UnaryMetrics):
     """Streams also count each message as it goes."""
 
+    def message(self, ctx: CallContext, is_request: bool) -> None:
+        if is_request:
+            self._request_message()
+        else:
+            self._response()
+
     async def _counted_requests(self, requests: Any) -> AsyncIterator[Any]:
         """Counts messages as they go; a client may stream its requests from a sync iterator."""
         if hasattr(requests, "__aiter__"):
