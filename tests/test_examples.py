@@ -1,4 +1,4 @@
-"""The examples run as the README says: `make demo` and the greeter client, as real processes."""
+"""The examples run as the README says: `make demo` and the greeter clients, as real processes."""
 
 from __future__ import annotations
 
@@ -30,5 +30,15 @@ def test_the_client_example_counts_who_served(server_process):
     for replica in replicas:
         asyncio.run(replica.wait_serving())
     done = run_example("examples.greeter.client", direct(replicas), "--calls", "20")
+    assert done.returncode == 0, done.stderr
+    assert all(r.address in done.stdout for r in replicas), done.stdout
+
+
+def test_the_sync_client_example_counts_who_served(server_process):
+    """The same calls from synchronous code, through gz.connect_sync()."""
+    replicas = [server_process(), server_process()]
+    for replica in replicas:
+        asyncio.run(replica.wait_serving())
+    done = run_example("examples.greeter.sync_client", direct(replicas), "--calls", "20")
     assert done.returncode == 0, done.stderr
     assert all(r.address in done.stdout for r in replicas), done.stdout
