@@ -140,7 +140,7 @@ class SubchannelPool:
             self._connect()
 
     def _rebuild(self) -> None:
-        self.picker = None
+        picker = None
         for states, skip_ejected, only_serving in _CHOICES:
             usable = [
                 s
@@ -150,8 +150,9 @@ class SubchannelPool:
                 and not (skip_ejected and s.outcomes.is_ejected())
             ]
             if usable:
-                self.picker = self._picker_class(prefer_zone(self.zone, usable, self.endpoints))
+                picker = self._picker_class(prefer_zone(self.zone, usable, self.endpoints))
                 break
+        self.picker = picker  # one assignment: a sync client's threads read it meanwhile
         self._notify()
 
     def _notify(self) -> None:

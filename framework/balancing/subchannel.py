@@ -111,9 +111,8 @@ class Subchannel:
         return code is not None and self.outcomes.record(code, now)
 
     # -- calls from other threads (the sync client) -------------------------------------------
-    def sync_call_started(self) -> float:
-        """Count a call made from any thread in flight; the time it started."""
-        now = time.monotonic()
+    def sync_call_started(self, now: float) -> float:
+        """Count a call made from any thread, starting ``now``, in flight; returns ``now``."""
         with self.lock:
             self.load.inflight += 1
             self.load.last_pick = now

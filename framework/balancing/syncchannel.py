@@ -427,7 +427,7 @@ class _SyncMultiCallable:
         counters = self._counters
         if counters and self.method.kind.request_streaming:
             request = counted_requests(request, counters, ctx)  # type: ignore[arg-type]
-        started = subchannel.sync_call_started()
+        started = subchannel.sync_call_started(time.monotonic())
         try:
             call = getattr(callable_, how)(request, timeout=timeout, metadata=metadata,
                                            credentials=credentials, wait_for_ready=wait_for_ready,
@@ -477,7 +477,9 @@ class _SyncMultiCallable:
                 timeout = max(0.0, deadline - time.monotonic())
             if self._counters:  # a request stream (never retried: one attempt)
                 request = counted_requests(request, self._counters, ctx)  # type: ignore[arg-type]
-            started = subchannel.sync_call_started()
+            # the first attempt of a call without observers started when it was made
+            fresh = ctx is None and state is None
+            started = subchannel.sync_call_started(now if fresh else time.monotonic())
             try:
                 result = callable_(request, timeout=timeout, metadata=sent_metadata,
                                    credentials=credentials, wait_for_ready=wait_for_ready,
