@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 THREAD_NAME = "gz-sync-client"
 STOP_TIMEOUT = 1.0  # seconds close() waits for the thread to end
+DRAIN_SECONDS = 0.1  # seconds the stopped loop still runs for grpc's last completions
 
 
 class LoopThread:
@@ -42,6 +43,9 @@ class LoopThread:
                 task.cancel()
             with contextlib.suppress(Exception):
                 self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                # grpc.aio still delivers the completions of the calls the closed channels
+                # cancelled; a closed loop would make grpc log "Event loop is closed" for them
+                self.loop.run_until_complete(asyncio.sleep(DRAIN_SECONDS))
             self.loop.close()
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:

@@ -9,6 +9,7 @@ thread); until then the future is not done. Blocking calls retry in the caller's
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +19,12 @@ import grpc
 
 from ..middleware import CallContext
 from ..middleware.retry import ATTEMPT, IDEMPOTENT, TRIED_PEERS
+from .syncpending import failed, pick_in_loop
 
 if TYPE_CHECKING:
-    from .syncchannel import _SyncMultiCallable
+    from concurrent.futures import Future
+
+    from .synccalls import Extras, SyncMultiCallable
 
 LOCALLY_CANCELLED = "Locally cancelled by application!"  # grpc's words for a cancelled call
 
@@ -28,47 +32,74 @@ LOCALLY_CANCELLED = "Locally cancelled by application!"  # grpc's words for a ca
 class FutureAttempts(grpc.Call, grpc.Future):
     def __init__(
         self,
-        owner: _SyncMultiCallable,
+        owner: SyncMultiCallable,
         request: Any,
         deadline: float | None,
-        extras: tuple[Any, Any, Any, Any],  # metadata, credentials, wait_for_ready, compression
+        extras: Extras,
         idempotent: bool | None,
     ) -> None:
         self._owner = owner
         self._request = request
         self._deadline = deadline
         self._extras = extras
+        retry = owner.retry
+        assert retry is not None  # made only for calls with retries
         if idempotent is None:
-            idempotent = owner._retry.policy.is_idempotent(owner.method)  # type: ignore[union-attr]
+            idempotent = retry.policy.is_idempotent(owner.method)
         self._state: dict[str, Any] = {ATTEMPT: 1, TRIED_PEERS: [], IDEMPOTENT: idempotent}
         self._condition = threading.Condition()
         self._decided = False
         self._cancelled = False
         self._callbacks: list[Callable[[], None]] = []
-        owner._retry.budget.record_call(time.monotonic())  # type: ignore[union-attr]
-        subchannel = owner._channel.pick(deadline, extras[2], None)
-        self._call = self._start(subchannel)
+        self._call: Any = None  # the latest attempt's grpc call (or the failure of its pick)
+        self._peer = ""
+        retry.budget.record_call(time.monotonic())
+        subchannel = owner.channel.pick_now(None)
+        if subchannel is not None:
+            self._call = self._start(subchannel)
+        else:  # nothing to pick yet: wait in the loop, as a call that waits for an endpoint
+            self._pick = pick_in_loop(owner, deadline, extras[2], None)
+            self._pick.add_done_callback(self._first_picked)
 
     # -- attempts -----------------------------------------------------------------------------
     def _start(self, subchannel: Any) -> Any:
+        owner = self._owner
         self._peer = subchannel.peer
-        call = self._owner.start_attempt(
-            subchannel, self._request, self._deadline, self._extras, "future", self._state
+        begun = owner.begin(self._extras[0], self._deadline, self._state)
+        call = owner.start_attempt(
+            subchannel, self._request, self._deadline, self._extras, "future", begun
         )
         call.add_done_callback(self._attempt_ended)
         return call
+
+    def _first_picked(self, pick: Future[Any]) -> None:
+        """In the loop: the first attempt, or the failure of the wait for an endpoint."""
+        error = None if pick.cancelled() else pick.exception()
+        if pick.cancelled() or error is not None:
+            cause = error or asyncio.CancelledError()
+            owner = self._owner
+            owner.fail(owner.begin(self._extras[0], self._deadline, self._state), cause)
+            self._call = failed(cause)
+            self._decide()
+            return
+        try:
+            self._call = self._start(pick.result())
+        except Exception as error:  # start_attempt ended the observers
+            self._call = failed(error)
+            self._decide()
 
     def _attempt_ended(self, call: Any) -> None:
         """In grpc's thread: decide the call, or start the next attempt after the backoff."""
         if self._cancelled or call.code() is grpc.StatusCode.OK:
             self._decide()
             return
-        retry = self._owner._retry
+        retry = self._owner.retry
+        assert retry is not None
         self._state[TRIED_PEERS].append(self._peer)
         ctx = CallContext(self._owner.method, None, self._deadline)
         ctx.state = self._state
-        delay = retry.next_delay(ctx, call, self._state[ATTEMPT] + 1)  # type: ignore[union-attr]
-        loop = self._owner._channel.loop()
+        delay = retry.next_delay(ctx, call, self._state[ATTEMPT] + 1)
+        loop = self._owner.channel.loop()
         if delay is None or loop is None:
             self._decide()
             return
@@ -78,7 +109,7 @@ class FutureAttempts(grpc.Call, grpc.Future):
         """In the channel's loop: the next attempt, on an endpoint not tried yet if any."""
         if self._cancelled:
             return  # cancel() decided it
-        subchannel = self._owner._channel.pick_now(self._state[TRIED_PEERS])
+        subchannel = self._owner.channel.pick_now(self._state[TRIED_PEERS])
         if subchannel is None:  # no endpoint left: the last attempt's outcome stands
             self._decide()
             return
@@ -114,7 +145,10 @@ class FutureAttempts(grpc.Call, grpc.Future):
                 return False
             self._cancelled = True
             call = self._call
-        call.cancel()
+        if call is None:  # still waiting for a first endpoint
+            self._pick.cancel()
+        else:
+            call.cancel()
         self._decide()  # at once, as grpc's future, also between two attempts
         return True
 

@@ -27,7 +27,6 @@ import functools
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,10 +34,8 @@ from typing import Any
 import grpc
 
 from ..discovery import Endpoint, Resolver
-from ..middleware import CallContext, CallObserver, Kind, Method, Middleware
-from ..middleware.chain import begin_all, bind, end_all
-from ..middleware.outcome import end_observers
-from ..middleware.retry import ATTEMPT, IDEMPOTENT, TRIED_PEERS, Retry, idempotent_override
+from ..middleware import Kind, Method, Middleware
+from ..middleware.retry import Retry
 from ..tls import open_sync_channel
 from . import loopthread
 from .channel import BalancedChannel, channel_options
@@ -46,27 +43,17 @@ from .picker import Picker
 from .pool import SubchannelPool
 from .subchannel import Subchannel
 from .subset import Subsetter
-from .syncattempts import FutureAttempts
-from .syncstream import ResponseStream, counted_requests
+from .synccalls import CLOSED, KINDS, SyncMultiCallable, sync_observers
+from .syncpending import failed
 
 log = logging.getLogger("gz.balancing")
 
-OK = grpc.StatusCode.OK
-CLOSED = "Cannot invoke RPC on closed channel!"  # grpc's own words
 CLOSE_TIMEOUT = 1.0  # seconds close() waits for the background work to stop
 
 # Objects of channels made before a fork, kept in the child so that nothing of the parent's
 # (its loop, its grpc.aio channels) is finalized there.
 _left_by_parent: list[Any] = []
 _live: weakref.WeakSet[SyncBalancedChannel] = weakref.WeakSet()
-
-
-def sync_rpc_error(code: grpc.StatusCode, details: str) -> grpc.RpcError:
-    """The error a grpc.Channel raises for a call that ended with ``code`` (grpc's own class,
-    so it is also the grpc.Call and grpc.Future that callers may treat it as)."""
-    from grpc._channel import _InactiveRpcError, _RPCState
-
-    return _InactiveRpcError(_RPCState((), (), (), code, details))
 
 
 class SyncBalancedChannel(grpc.Channel):
@@ -102,7 +89,7 @@ class SyncBalancedChannel(grpc.Channel):
         self._health_check = health_check
         self._make_subsetter = make_subsetter
         self._zone = zone
-        self._callables: dict[tuple[Any, ...], _SyncMultiCallable] = {}
+        self._callables: dict[tuple[Any, ...], SyncMultiCallable] = {}
         self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
         self._closed = False
         self._reset()
@@ -120,7 +107,7 @@ class SyncBalancedChannel(grpc.Channel):
         self._watching = False
 
     # -- background work ----------------------------------------------------------------------
-    def _open(self) -> tuple[BalancedChannel, loopthread.LoopThread]:
+    def open(self) -> tuple[BalancedChannel, loopthread.LoopThread]:
         """The inner channel and its loop, started on first use."""
         with self._opening:
             if self._closed:
@@ -160,18 +147,24 @@ class SyncBalancedChannel(grpc.Channel):
         picker = pool.picker if pool is not None else None
         if picker is not None:
             return picker.pick_other(tried) if tried else picker.pick()
-        inner, thread = self._open()
+        inner, thread = self.open()
         try:
             return thread.run(inner.pick_when_ready(deadline, bool(wait_for_ready), tried))
         except grpc.aio.AioRpcError as error:
-            raise sync_rpc_error(error.code(), error.details() or "") from None
+            raise failed(error).error from None
 
-    def pick_now(self, tried: Sequence[str]) -> Subchannel | None:
-        """A subchannel not in ``tried`` if there is another, without waiting (None: no picker:
-        the channel closed or has no usable endpoint). For the loop, which must not wait."""
+    def pick_now(self, tried: Sequence[str] | None) -> Subchannel | None:
+        """A subchannel (not in ``tried`` if there is another) without waiting; None when there
+        is no picker: not resolved yet, no usable endpoint, or closed."""
         pool = self._pool
         picker = pool.picker if pool is not None else None
-        return None if picker is None else picker.pick_other(tried)
+        if picker is None:
+            return None
+        return picker.pick_other(tried) if tried else picker.pick()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The background loop, once started (None before, or after close)."""
@@ -186,7 +179,7 @@ class SyncBalancedChannel(grpc.Channel):
 
     def snapshot(self) -> dict[str, Any]:
         """What the channel sees now, as /debug/targets shows it (built in its loop)."""
-        inner, thread = self._open()
+        inner, thread = self.open()
         return thread.run(_snapshot(inner), CLOSE_TIMEOUT)
 
     # -- grpc.Channel -------------------------------------------------------------------------
@@ -195,7 +188,7 @@ class SyncBalancedChannel(grpc.Channel):
     ) -> None:
         """Call ``callback`` with the channel's connectivity now and at every change (in the
         background thread), as grpc does; resolution starts here if it has not."""
-        inner, thread = self._open()
+        inner, thread = self.open()
         self._subscribers.append(callback)
         thread.loop.call_soon_threadsafe(self._deliver, callback, inner)
 
@@ -267,15 +260,15 @@ class SyncBalancedChannel(grpc.Channel):
                                     response_deserializer, _registered_method)  # fmt: skip
 
     def _multi_callable(self, kind: Kind, method: str | bytes, serializer: Any,
-                        deserializer: Any, registered: bool) -> _SyncMultiCallable:  # fmt: skip
+                        deserializer: Any, registered: bool) -> SyncMultiCallable:  # fmt: skip
         key = (kind, method, serializer, deserializer, registered)
         try:
             return self._callables[key]
         except KeyError:
-            made = _KINDS[kind](self, method, kind, serializer, deserializer, registered)
+            made = KINDS[kind](self, method, kind, serializer, deserializer, registered)
             return self._callables.setdefault(key, made)  # another thread may have made one
         except TypeError:  # an unhashable (de)serializer: not cached, still works
-            return _KINDS[kind](self, method, kind, serializer, deserializer, registered)
+            return KINDS[kind](self, method, kind, serializer, deserializer, registered)
 
     def __repr__(self) -> str:
         return f"<SyncBalancedChannel {self.target} {len(self.endpoints)} endpoints>"
@@ -344,231 +337,4 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def sync_observers(middleware: Sequence[Middleware], method: Method) -> tuple[CallObserver, ...]:
-    """``middleware`` bound to ``method``, all of them call observers, or a TypeError naming the
-    one that is not (its coroutines cannot run in a caller's thread)."""
-    bound = bind(middleware, method)
-    for item in bound:
-        if not isinstance(item, CallObserver):
-            raise TypeError(
-                f"connect_sync() runs middleware in the calling thread, so it takes call "
-                f"observers (gz.CallObserver: begin/end) only; {type(item).__name__} is not one. "
-                f"Use it with connect(), or write it as a CallObserver; retries are set with "
-                f"connect_sync(retry=...)"
-            )
-    return tuple(bound)  # type: ignore[arg-type]
-
-
-class _SyncMultiCallable:
-    """Shared by the four call kinds."""
-
-    def __init__(self, channel: SyncBalancedChannel, method: str | bytes, kind: Kind,
-                 serializer: Any, deserializer: Any, registered: bool) -> None:  # fmt: skip
-        name = method.decode() if isinstance(method, bytes) else method
-        self._channel = channel
-        self.method = Method(name, kind, "client", channel.target)
-        self._factory = kind.name.lower()  # the grpc.Channel method making this kind
-        self._serializer = serializer
-        self._deserializer = deserializer
-        self._registered = registered
-        self._unary = kind is Kind.UNARY_UNARY  # only these feed the latency average
-        # Its key in subchannel.callables: not the multicallable itself, which holds the
-        # channel, so that the loop's objects never keep an unclosed channel alive.
-        self._key = object()
-        self._observers = sync_observers(channel._middleware, self.method)
-        # Observers that count a stream's messages (metrics): streams pass through syncstream.py
-        streaming = kind is not Kind.UNARY_UNARY
-        self._counters = tuple(
-            o for o in self._observers if streaming and type(o).message is not CallObserver.message
-        )
-        retry = channel.retry
-        self._retry = retry if retry is not None and retry.applies_to(self.method) else None
-
-    def _bind(self, subchannel: Subchannel) -> Any:
-        callable_ = getattr(subchannel.calls_channel, self._factory)(
-            self.method.full_name, self._serializer, self._deserializer,
-            _registered_method=self._registered,
-        )  # fmt: skip
-        subchannel.callables[self._key] = callable_
-        return callable_
-
-    def _begin(self, subchannel: Subchannel, metadata: Any, deadline: float | None,
-               state: dict[str, Any] | None) -> tuple[CallContext, list[Any]]:  # fmt: skip
-        ctx = CallContext(self.method, list(metadata or ()), deadline, subchannel.peer)
-        if state is not None:
-            ctx.state = state
-        return ctx, begin_all(self._observers, ctx)
-
-    def _started(self, request: Any, timeout: float | None, metadata: Any, credentials: Any,
-                 wait_for_ready: Any, compression: Any, how: str) -> Any:  # fmt: skip
-        """A call that runs on (``future()``, streams), returned as grpc made it; a unary
-        ``future()`` with retries on comes inside a FutureAttempts."""
-        if timeout is None:
-            timeout = self._channel.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        extras = (metadata, credentials, wait_for_ready, compression)
-        if how == "future" and self._retry is not None:
-            return FutureAttempts(self, request, deadline, extras, idempotent_override())
-        subchannel = self._channel.pick(deadline, wait_for_ready, None)
-        return self.start_attempt(subchannel, request, deadline, extras, how, None)
-
-    def start_attempt(self, subchannel: Subchannel, request: Any, deadline: float | None,
-                      extras: tuple[Any, Any, Any, Any], how: str,
-                      state: dict[str, Any] | None) -> Any:  # fmt: skip
-        """Make one call on ``subchannel`` that runs on; the load and the observers learn its
-        end from grpc's done-callback (run in grpc's thread)."""
-        metadata, credentials, wait_for_ready, compression = extras
-        callable_ = subchannel.callables.get(self._key) or self._bind(subchannel)
-        ctx, tokens = None, None
-        if self._observers:
-            ctx, tokens = self._begin(subchannel, metadata, deadline, state)
-            metadata, deadline = ctx.metadata or None, ctx.deadline
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        counters = self._counters
-        if counters and self.method.kind.request_streaming:
-            request = counted_requests(request, counters, ctx)  # type: ignore[arg-type]
-        started = subchannel.sync_call_started(time.monotonic())
-        try:
-            call = getattr(callable_, how)(request, timeout=timeout, metadata=metadata,
-                                           credentials=credentials, wait_for_ready=wait_for_ready,
-                                           compression=compression)  # fmt: skip
-        except BaseException as error:
-            subchannel.sync_call_ended(started, False, grpc.StatusCode.UNKNOWN)
-            if ctx is not None:
-                end_all(self._observers, ctx, tokens, error)  # type: ignore[arg-type]
-            raise
-        observers, unary = self._observers, self._unary
-
-        def ended(call: Any) -> None:
-            code = call.code()
-            subchannel.sync_call_ended(started, unary, code)
-            if ctx is not None:
-                end_observers(observers, ctx, tokens, code)  # type: ignore[arg-type]
-
-        call.add_done_callback(ended)
-        if counters and self.method.kind.response_streaming:
-            return ResponseStream(call, counters, ctx)  # type: ignore[arg-type]
-        return call
-
-    def _blocking(self, request: Any, timeout: float | None, metadata: Any, credentials: Any,
-                  wait_for_ready: Any, compression: Any, with_call: bool) -> Any:  # fmt: skip
-        """A call that blocks until it ends: retried on another endpoint when it fails with a
-        status the retry policy allows, within the deadline and the budget."""
-        channel = self._channel
-        if timeout is None:
-            timeout = channel.timeout
-        retry = self._retry
-        now = time.monotonic()
-        deadline = None if timeout is None else now + timeout
-        if retry is not None:
-            retry.budget.record_call(now)
-        state: dict[str, Any] | None = None  # the attempts' shared ctx.state, once retrying
-        tried: list[str] | None = None
-        observers = self._observers
-        how = "with_call" if with_call else "__call__"
-        while True:
-            subchannel = channel.pick(deadline, wait_for_ready, tried)
-            callable_ = getattr(subchannel.callables.get(self._key) or self._bind(subchannel), how)
-            sent_metadata, ctx, tokens = metadata, None, None
-            if observers:
-                ctx, tokens = self._begin(subchannel, metadata, deadline, state)
-                sent_metadata, deadline = ctx.metadata or None, ctx.deadline
-            if deadline is not None and (ctx is not None or state is not None):
-                timeout = max(0.0, deadline - time.monotonic())
-            if self._counters:  # a request stream (never retried: one attempt)
-                request = counted_requests(request, self._counters, ctx)  # type: ignore[arg-type]
-            # the first attempt of a call without observers started when it was made
-            fresh = ctx is None and state is None
-            started = subchannel.sync_call_started(now if fresh else time.monotonic())
-            try:
-                result = callable_(request, timeout=timeout, metadata=sent_metadata,
-                                   credentials=credentials, wait_for_ready=wait_for_ready,
-                                   compression=compression)  # fmt: skip
-            except grpc.RpcError as error:
-                code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-                subchannel.sync_call_ended(started, self._unary, code)
-                if ctx is not None:
-                    end_all(observers, ctx, tokens, error)  # type: ignore[arg-type]
-                if retry is None:
-                    raise
-                if state is None:
-                    state = {ATTEMPT: 1, TRIED_PEERS: [], IDEMPOTENT: idempotent_override()}
-                    if state[IDEMPOTENT] is None:
-                        state[IDEMPOTENT] = retry.policy.is_idempotent(self.method)
-                state[TRIED_PEERS].append(subchannel.peer)
-                decision = ctx or CallContext(self.method, None, deadline)
-                decision.state = state
-                delay = retry.next_delay(decision, error, state[ATTEMPT] + 1)
-                if delay is None:
-                    raise
-                time.sleep(delay)
-                state[ATTEMPT] += 1
-                tried = state[TRIED_PEERS]
-                continue
-            except BaseException as error:  # interrupted (KeyboardInterrupt) while it ran
-                subchannel.sync_call_ended(started, self._unary, grpc.StatusCode.CANCELLED)
-                if ctx is not None:
-                    end_all(observers, ctx, tokens, error)  # type: ignore[arg-type]
-                raise
-            subchannel.sync_call_ended(started, self._unary, OK)
-            if ctx is not None:
-                end_all(observers, ctx, tokens, None)  # type: ignore[arg-type]
-            return result
-
-
-class _UnaryResponse(_SyncMultiCallable):
-    def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None,
-                 wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:  # fmt: skip
-        return self._blocking(request, timeout, metadata, credentials, wait_for_ready,
-                              compression, False)  # fmt: skip
-
-    def with_call(self, request: Any, timeout: float | None = None, metadata: Any = None,
-                  credentials: grpc.CallCredentials | None = None,
-                  wait_for_ready: bool | None = None,
-                  compression: grpc.Compression | None = None) -> Any:  # fmt: skip
-        return self._blocking(request, timeout, metadata, credentials, wait_for_ready,
-                              compression, True)  # fmt: skip
-
-    def future(self, request: Any, timeout: float | None = None, metadata: Any = None,
-               credentials: grpc.CallCredentials | None = None,
-               wait_for_ready: bool | None = None,
-               compression: grpc.Compression | None = None) -> Any:  # fmt: skip
-        return self._started(request, timeout, metadata, credentials, wait_for_ready,
-                             compression, "future")  # fmt: skip
-
-
-class _StreamResponse(_SyncMultiCallable):
-    def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None,
-                 wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:  # fmt: skip
-        return self._started(request, timeout, metadata, credentials, wait_for_ready,
-                             compression, "__call__")  # fmt: skip
-
-
-class _UnaryUnary(_UnaryResponse, grpc.UnaryUnaryMultiCallable):
-    pass
-
-
-class _UnaryStream(_StreamResponse, grpc.UnaryStreamMultiCallable):
-    pass
-
-
-class _StreamUnary(_UnaryResponse, grpc.StreamUnaryMultiCallable):
-    pass
-
-
-class _StreamStream(_StreamResponse, grpc.StreamStreamMultiCallable):
-    pass
-
-
-_KINDS: dict[Kind, type[_SyncMultiCallable]] = {
-    Kind.UNARY_UNARY: _UnaryUnary,
-    Kind.UNARY_STREAM: _UnaryStream,
-    Kind.STREAM_UNARY: _StreamUnary,
-    Kind.STREAM_STREAM: _StreamStream,
-}
-
-__all__ = ["SyncBalancedChannel", "sync_observers", "sync_rpc_error"]
+__all__ = ["SyncBalancedChannel"]
