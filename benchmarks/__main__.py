@@ -18,7 +18,7 @@ import time
 from .report import Result, machine, render
 
 SCENARIOS = ("client_overhead", "server_overhead", "proxy", "balance", "convergence", "scale",
-             "startup")  # fmt: skip
+             "startup", "sync_client")  # fmt: skip
 TIMEOUT = {"quick": 60.0, "full": 150.0}  # seconds per scenario
 
 

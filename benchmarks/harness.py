@@ -1,5 +1,6 @@
 """What every scenario shares: server processes (started on loopback, stopped by pid), load
-rounds that alternate between the things compared, and the statistics of a round.
+rounds that alternate between the things compared (coroutines on a grpc.aio channel, or threads
+making blocking calls on a grpc.Channel), and the statistics of a round.
 
 The server helpers of tests/support.py are used as they are: a raw server reads GZ_LISTEN like a
 gz server does, so ServerProcess starts and health-checks both kinds.
@@ -12,6 +13,7 @@ import contextlib
 import os
 import socket
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -88,9 +90,11 @@ def process_cpu(pid: int) -> float:
 
 # -- calls -------------------------------------------------------------------------------------
 Call = Callable[[], Awaitable[Any]]
+BlockingCall = Callable[[], Any]
 
 
-def unary(channel: grpc.aio.Channel) -> Call:
+def unary(channel: grpc.aio.Channel | grpc.Channel) -> Call | BlockingCall:
+    """One SayHello call: awaited on a grpc.aio channel, blocking on a grpc.Channel."""
     say_hello = greeter_pb2_grpc.GreeterStub(channel).SayHello
     return lambda: say_hello(REQUEST)
 
@@ -121,7 +125,7 @@ class Variant:
     is charged to it (the server under test, or a proxy)."""
 
     name: str
-    call: Call
+    call: Call | BlockingCall
     other_pid: int | None = None
 
 
@@ -162,21 +166,52 @@ async def load_round(call: Call, calls: int, concurrency: int, samples: Samples)
     samples.rates.append(per_worker * concurrency / (time.perf_counter() - started))
 
 
+async def thread_round(call: BlockingCall, calls: int, concurrency: int, samples: Samples) -> None:
+    """load_round for blocking calls (a grpc.Channel's): ``concurrency`` threads, started anew
+    and released together, run from a worker thread so that the event loop is not blocked."""
+    per_worker = max(1, calls // concurrency)
+    latencies = samples.latencies  # list.append holds the GIL: safe from every worker
+    start = threading.Barrier(concurrency + 1)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(per_worker):
+            started = time.perf_counter()
+            call()
+            latencies.append(time.perf_counter() - started)
+
+    def run() -> float:
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started
+
+    samples.rates.append(per_worker * concurrency / await asyncio.to_thread(run))
+
+
+Load = Callable[[Any, int, int, Samples], Awaitable[None]]  # load_round or thread_round
+
+
 async def alternate(
-    variants: list[Variant], *, rounds: int, calls: int, concurrency: int
-) -> dict[str, Samples]:
+    variants: list[Variant], *, rounds: int, calls: int, concurrency: int,
+    load: Load = load_round,
+) -> dict[str, Samples]:  # fmt: skip
     """Rounds of every variant, the order rotated each round so that drift in the machine's load
     hits all of them alike."""
     samples = {v.name: Samples() for v in variants}
     for variant in variants:  # warm up connections and code paths, not measured
-        await load_round(variant.call, min(calls, 200), min(concurrency, 8), Samples())
+        await load(variant.call, min(calls, 200), min(concurrency, 8), Samples())
     for index in range(rounds):
         shift = index % len(variants)
         for variant in variants[shift:] + variants[:shift]:
             into = samples[variant.name]
             other_before = process_cpu(variant.other_pid) if variant.other_pid else 0.0
             cpu_before = time.process_time()
-            await load_round(variant.call, calls, concurrency, into)
+            await load(variant.call, calls, concurrency, into)
             into.client_cpu += time.process_time() - cpu_before
             if variant.other_pid:
                 into.other_cpu += process_cpu(variant.other_pid) - other_before
@@ -184,9 +219,11 @@ async def alternate(
 
 
 def ratio_rows(
-    samples: dict[str, Samples], baseline: str, label: dict[str, Any], other: str = ""
-) -> list[dict[str, Any]]:
-    """One row per variant with its figures and its ratios to ``baseline``."""
+    samples: dict[str, Samples], baseline: str, label: dict[str, Any], other: str = "",
+    cpu: bool = False,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per variant with its figures and its ratios to ``baseline`` (with ``cpu``, also
+    of its client CPU per call)."""
     base = samples[baseline].summary(other)
     rows = []
     for name, sample in samples.items():
@@ -199,31 +236,41 @@ def ratio_rows(
             "p50_ratio": figures["p50_ms"] / base["p50_ms"],
             "p99_ratio": figures["p99_ms"] / base["p99_ms"],
         })  # fmt: skip
+        if cpu:
+            rows[-1]["cpu_ratio"] = figures["cpu_s_per_1k"] / base["cpu_s_per_1k"]
     return rows
 
 
 async def matrix(
-    targets: dict[str, tuple[grpc.aio.Channel, int | None]],
+    targets: dict[str, tuple[grpc.aio.Channel | grpc.Channel, int | None]],
     baseline: str,
     quick: bool,
     other: str = "",
+    *,
+    shapes: dict[str, tuple[Callable[[Any], Any], float]] = SHAPES,
+    concurrencies: tuple[int, ...] = CONCURRENCY,
+    load: Load = load_round,
+    cpu: bool = False,
 ) -> list[dict[str, Any]]:
     """Every call shape at every concurrency, the targets (name -> channel and the pid of a
-    process whose CPU is charged to it) alternating; ratio rows against ``baseline``."""
+    process whose CPU is charged to it) alternating; ratio rows against ``baseline``. Blocking
+    calls on grpc.Channels take ``load=thread_round`` (concurrency: threads)."""
     rows = []
-    for shape, (make_call, weight) in SHAPES.items():
-        for concurrency in CONCURRENCY:
+    for shape, (make_call, weight) in shapes.items():
+        for concurrency in concurrencies:
             # Many short rounds: the median of rounds shrugs off a burst of other work.
             calls = int((700 if concurrency == 1 else 2000) * weight / (7 if quick else 1))
             variants = [Variant(name, make_call(ch), pid) for name, (ch, pid) in targets.items()]
             samples = await alternate(
-                variants, rounds=2 if quick else 6, calls=calls, concurrency=concurrency
-            )
-            rows += ratio_rows(samples, baseline, {"shape": shape, "conc": concurrency}, other)
+                variants, rounds=2 if quick else 6, calls=calls, concurrency=concurrency,
+                load=load,
+            )  # fmt: skip
+            label = {"shape": shape, "conc": concurrency}
+            rows += ratio_rows(samples, baseline, label, other, cpu)
     return rows
 
 
-def unary_figures(rows: list[dict[str, Any]], variant: str, key: str) -> list[float]:
+def unary_figures(rows: list[dict[str, Any]], variant: str, key: str) -> list[Any]:
     return [r[key] for r in rows if r["variant"] == variant and r["shape"] == "unary"]
 
 
@@ -232,8 +279,9 @@ def goal(rows: list[dict[str, Any]], variant: str, key: str, limit: float, at_le
     every concurrency, and, when the run has an A/A control, how far that one strayed."""
     found = unary_figures(rows, variant, key)
     met = all(value >= limit if at_least else value <= limit for value in found)
+    concurrencies = " / ".join(map(str, unary_figures(rows, variant, "conc")))
     line = (f"goal {variant} unary {key} {'>=' if at_least else '<='} {limit}: "
-            f"{' / '.join(f'{v:.3f}' for v in found)} (conc {' / '.join(map(str, CONCURRENCY))}): "
+            f"{' / '.join(f'{v:.3f}' for v in found)} (conc {concurrencies}): "
             f"{'met' if met else 'NOT met'}")  # fmt: skip
     control = unary_figures(rows, "raw A/A", key)
     if control:

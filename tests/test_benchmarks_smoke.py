@@ -10,10 +10,11 @@ import sys
 from .support import ROOT
 
 
-def test_quick_json_run_of_two_scenarios_has_the_documented_shape():
+def test_quick_json_run_of_three_scenarios_has_the_documented_shape():
     command = [sys.executable, "-m", "benchmarks", "--quick", "--json"]
+    scenarios = ["client_overhead", "scale", "sync_client"]
     done = subprocess.run(
-        [*command, "--only", "client_overhead,scale"],
+        [*command, "--only", ",".join(scenarios)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -21,14 +22,19 @@ def test_quick_json_run_of_two_scenarios_has_the_documented_shape():
     assert {"machine", "quick", "seconds", "scenarios"} <= report.keys()
     assert {"cpus", "cpu_model", "python", "grpcio"} <= report["machine"].keys()
     assert report["quick"] is True
-    assert [s["scenario"] for s in report["scenarios"]] == ["client_overhead", "scale"]
+    assert [s["scenario"] for s in report["scenarios"]] == scenarios
     for scenario in report["scenarios"]:
         assert not [note for note in scenario["notes"] if note.startswith("FAILED")], scenario
         assert scenario["tables"] and all(table["rows"] for table in scenario["tables"])
-    overhead, scale = (s["tables"][0]["rows"] for s in report["scenarios"])
+    overhead, scale, sync = (s["tables"][0]["rows"] for s in report["scenarios"])
     assert {row["variant"] for row in overhead} >= {"raw", "gz"}
-    for row in overhead:
+    for row in overhead + sync:
         assert {"shape", "conc", "rps", "p50_ms", "p99_ms", "cpu_s_per_1k", "rps_ratio",
                 "p50_ratio", "p99_ratio"} <= row.keys()  # fmt: skip
+    assert {row["variant"] for row in sync} == {"raw", "raw A/A", "gz", "gz+defaults"}
+    assert {row["conc"] for row in sync} == {1, 8}
+    assert all("cpu_ratio" in row for row in sync)
+    sync_goals = [n for n in report["scenarios"][2]["notes"] if n.startswith("goal ")]
+    assert len(sync_goals) == 3 and all("A/A control" in note for note in sync_goals)
     assert [row["endpoints"] for row in scale] == [10, 100]
     assert all("pick_ns_round_robin" in row and "kib_per_subchannel" in row for row in scale)
