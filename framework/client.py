@@ -95,8 +95,8 @@ def connect_sync(
     ``interceptors`` are grpc's synchronous client interceptors. Unary calls (blocking and
     ``future()``) are retried on another endpoint; streams are not. ``close()`` (or a
     ``with`` block) stops the background work within a second. A channel made before a fork
-    starts afresh in the child; creating it lazily in each process is still the clearer pattern
-    (docs/service.md).
+    works in the parent and the child (each starts its background work again with its next
+    call); creating it lazily in each process is still the clearer pattern (docs/service.md).
     """
     settings = _settings(settings)
     first: Resolver | None = _resolver(target, settings)  # a malformed target fails here

@@ -15,8 +15,9 @@ Blocking unary calls are retried in the caller's thread, as the async channel's 
 observers count their messages (syncstream.py). Middleware must be call observers (begin and
 end run in the calling thread, or in grpc's thread for a call that ends there).
 
-After a fork, a channel made before it starts afresh in the child on its next call: its own loop
-thread, connections and resolution (threads and their state do not survive a fork).
+A fork stops every sync channel's background work first (grpc's fork handlers run only when no
+thread is inside grpc), and the channel starts it again with its next call, in the parent and
+in the child alike: its own loop thread, connections and resolution.
 """
 
 from __future__ import annotations
@@ -92,18 +93,18 @@ class SyncBalancedChannel(grpc.Channel):
         self._callables: dict[tuple[Any, ...], SyncMultiCallable] = {}
         self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
         self._closed = False
+        self._opening = threading.Lock()
         self._reset()
         for kind in Kind:  # refuse middleware that cannot run here now, not at the first stub
             sync_observers(self._middleware, Method("/gz.Check/Middleware", kind, "client"))
         _live.add(self)
 
     def _reset(self) -> None:
-        """No background work yet: it starts with the first call (again after a fork)."""
+        """No background work yet: it starts with the next call (again after a fork)."""
         self._pool: SubchannelPool | None = None  # read without a lock by every call
         self._inner: BalancedChannel | None = None
         self._thread: loopthread.LoopThread | None = None
         self._finalizer: weakref.finalize | None = None
-        self._opening = threading.Lock()
         self._watching = False
 
     # -- background work ----------------------------------------------------------------------
@@ -231,11 +232,24 @@ class SyncBalancedChannel(grpc.Channel):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _quiesce(self) -> None:
+        """Before a fork: stop the background work, to start again with the next call. grpc
+        runs its fork handlers only when no thread is inside grpc, and this channel's loop
+        always is (health and connectivity watches); a child forked meanwhile would inherit
+        grpc's state mid-operation (and crash on it)."""
+        with self._opening:
+            finalizer = self._finalizer
+            self._reset()
+        if finalizer is not None:
+            finalizer()
+
     def _forked(self) -> None:
-        """In a forked child: leave the parent's objects alone and start afresh when used."""
+        """In a forked child: leave anything of the parent's alone and start afresh when used
+        (normally nothing is left: _quiesce() stopped it before the fork)."""
         if self._finalizer is not None:
             self._finalizer.detach()
         _left_by_parent.append((self._inner, self._pool))
+        self._opening = threading.Lock()  # another thread of the parent may have held it
         self._reset()
 
     # -- multicallables -----------------------------------------------------------------------
@@ -329,12 +343,17 @@ def _notify(callback: Callable[[grpc.ChannelConnectivity], None],
         log.exception("a connectivity callback raised")
 
 
+def _before_fork() -> None:
+    for channel in list(_live):
+        channel._quiesce()
+
+
 def _after_fork_in_child() -> None:
     for channel in list(_live):
         channel._forked()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 __all__ = ["SyncBalancedChannel"]
