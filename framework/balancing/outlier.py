@@ -19,6 +19,7 @@ from ..window import SlidingCount
 FAILURE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
+_FAILURE_IDS = frozenset(map(id, FAILURE_CODES))  # a StatusCode's own hash is Python code
 CONSECUTIVE = 5
 FAILURE_RATIO = 0.5
 MIN_CALLS = 20
@@ -48,7 +49,7 @@ class Outcomes:
         if code is grpc.StatusCode.CANCELLED:
             return False  # the caller gave up: nothing learnt about the endpoint
         self._calls.add(now)
-        if code not in FAILURE_CODES:
+        if id(code) not in _FAILURE_IDS:
             self.consecutive = 0
             if self.on_probation:
                 self.on_probation = False
