@@ -91,29 +91,12 @@ class Loop:
         self.thread.join(HANG)
 
 
-class PortScenarioServer(ScenarioServer):
-    """The scenario server on a port chosen beforehand (to start it after a client waits)."""
-
-    async def start(self, port: int = 0) -> None:  # type: ignore[override]
-        server = grpc.aio.server()
-        handlers = {
-            "UnaryUnary": grpc.unary_unary_rpc_method_handler(self._unary_unary),
-            "UnaryStream": grpc.unary_stream_rpc_method_handler(self._unary_stream),
-            "StreamUnary": grpc.stream_unary_rpc_method_handler(self._stream_unary),
-            "StreamStream": grpc.stream_stream_rpc_method_handler(self._stream_stream),
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.port = server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        self._server = server
-
-
 class Scenarios:
     """The scenario server, and what the tests need of it."""
 
     def __init__(self, loop: Loop) -> None:
         self.loop = loop
-        self.server = PortScenarioServer()
+        self.server = ScenarioServer()
         loop.run(self.server.start(free_port()))
         self.address = f"127.0.0.1:{self.server.port}"
         self._ids = iter(range(10**9))
@@ -713,7 +696,7 @@ def _wait_for_ready_plan(loop: Loop, how: str) -> Callable[[grpc.Channel, int], 
         blocking = how == "__call__"
         # raw grpc returns a future or a stream at once: 3 s is a generous bound on "at once"
         returned_before_the_server = returned.wait(1.0 if blocking else 3.0)
-        server = PortScenarioServer()
+        server = ScenarioServer()
         loop.run(server.start(port))
         try:
             thread.join(4 * HANG)

@@ -38,6 +38,7 @@ from .calls import (
     announce_call,
     rpc_error,
 )
+from .multicallables import MultiCallables
 from .picker import Picker
 from .pool import SubchannelPool
 from .snapshot import channel_view, register, unregister
@@ -66,7 +67,7 @@ def channel_options(options: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any]
     return tuple(o for o in KEEPALIVE_OPTIONS if o[0] not in given) + tuple(options)
 
 
-class BalancedChannel(grpc.aio.Channel):
+class BalancedChannel(MultiCallables, grpc.aio.Channel):
     """Made by ``gz.connect()``; use it wherever a grpc.aio channel is expected."""
 
     def __init__(
@@ -232,39 +233,6 @@ class BalancedChannel(grpc.aio.Channel):
                     f"the channel to {self.target} closed before it was ready"
                 )
             await pool.wait_for_change()
-
-    def unary_unary(self, method, request_serializer=None, response_deserializer=None,
-                    _registered_method=False):  # fmt: skip
-        return self._multi_callable(Kind.UNARY_UNARY, method, request_serializer,
-                                    response_deserializer, _registered_method)  # fmt: skip
-
-    def unary_stream(self, method, request_serializer=None, response_deserializer=None,
-                     _registered_method=False):  # fmt: skip
-        return self._multi_callable(Kind.UNARY_STREAM, method, request_serializer,
-                                    response_deserializer, _registered_method)  # fmt: skip
-
-    def stream_unary(self, method, request_serializer=None, response_deserializer=None,
-                     _registered_method=False):  # fmt: skip
-        return self._multi_callable(Kind.STREAM_UNARY, method, request_serializer,
-                                    response_deserializer, _registered_method)  # fmt: skip
-
-    def stream_stream(self, method, request_serializer=None, response_deserializer=None,
-                      _registered_method=False):  # fmt: skip
-        return self._multi_callable(Kind.STREAM_STREAM, method, request_serializer,
-                                    response_deserializer, _registered_method)  # fmt: skip
-
-    def _multi_callable(self, kind: Kind, method: str | bytes, serializer: Any,
-                        deserializer: Any, registered: bool) -> _MultiCallable:  # fmt: skip
-        key = (kind, method, serializer, deserializer, registered)
-        try:
-            return self._callables[key]
-        except KeyError:
-            made = self._callables[key] = _KINDS[kind](
-                self, method, kind, serializer, deserializer, registered
-            )
-            return made
-        except TypeError:  # an unhashable (de)serializer: not cached, still works
-            return _KINDS[kind](self, method, kind, serializer, deserializer, registered)
 
     def __repr__(self) -> str:
         return f"<BalancedChannel {self.target} {len(self.endpoints)} endpoints>"
@@ -432,3 +400,4 @@ _KINDS: dict[Kind, type[_MultiCallable]] = {
     Kind.STREAM_UNARY: _StreamUnary,
     Kind.STREAM_STREAM: _StreamStream,
 }
+BalancedChannel._KINDS = _KINDS

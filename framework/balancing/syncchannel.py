@@ -40,6 +40,7 @@ from ..middleware.retry import Retry
 from ..tls import open_sync_channel
 from . import loopthread
 from .channel import BalancedChannel, channel_options
+from .multicallables import MultiCallables
 from .picker import Picker
 from .pool import SubchannelPool
 from .subchannel import Subchannel
@@ -57,9 +58,11 @@ _left_by_parent: list[Any] = []
 _live: weakref.WeakSet[SyncBalancedChannel] = weakref.WeakSet()
 
 
-class SyncBalancedChannel(grpc.Channel):
+class SyncBalancedChannel(MultiCallables, grpc.Channel):
     """Made by ``gz.connect_sync()``; use it wherever a grpc.Channel is expected. One channel
     may be shared by any number of threads."""
+
+    _KINDS = KINDS
 
     def __init__(
         self,
@@ -251,38 +254,6 @@ class SyncBalancedChannel(grpc.Channel):
         _left_by_parent.append((self._inner, self._pool))
         self._opening = threading.Lock()  # another thread of the parent may have held it
         self._reset()
-
-    # -- multicallables -----------------------------------------------------------------------
-    def unary_unary(self, method, request_serializer=None, response_deserializer=None,
-                    _registered_method=False):  # fmt: skip
-        return self._multi_callable(Kind.UNARY_UNARY, method, request_serializer,
-                                    response_deserializer, _registered_method)  # fmt: skip
-
-    def unary_stream(self, method, request_serializer=None, response_deserializer=None,
-                     _registered_method=False):  # fmt: skip
-        return self._multi_callable(Kind.UNARY_STREAM, method, request_serializer,
-                                    response_deserializer, _registered_method)  # fmt: skip
-
-    def stream_unary(self, method, request_serializer=None, response_deserializer=None,
-                     _registered_method=False):  # fmt: skip
-        return self._multi_callable(Kind.STREAM_UNARY, method, request_serializer,
-                                    response_deserializer, _registered_method)  # fmt: skip
-
-    def stream_stream(self, method, request_serializer=None, response_deserializer=None,
-                      _registered_method=False):  # fmt: skip
-        return self._multi_callable(Kind.STREAM_STREAM, method, request_serializer,
-                                    response_deserializer, _registered_method)  # fmt: skip
-
-    def _multi_callable(self, kind: Kind, method: str | bytes, serializer: Any,
-                        deserializer: Any, registered: bool) -> SyncMultiCallable:  # fmt: skip
-        key = (kind, method, serializer, deserializer, registered)
-        try:
-            return self._callables[key]
-        except KeyError:
-            made = KINDS[kind](self, method, kind, serializer, deserializer, registered)
-            return self._callables.setdefault(key, made)  # another thread may have made one
-        except TypeError:  # an unhashable (de)serializer: not cached, still works
-            return KINDS[kind](self, method, kind, serializer, deserializer, registered)
 
     def __repr__(self) -> str:
         return f"<SyncBalancedChannel {self.target} {len(self.endpoints)} endpoints>"

@@ -96,7 +96,9 @@ class ScenarioServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """Serve on ``port`` (0: one the kernel picks; a test may choose it beforehand, to start
+        the server after a client waits for it)."""
         server = grpc.aio.server()
         handlers = {
             "UnaryUnary": grpc.unary_unary_rpc_method_handler(self._unary_unary),
@@ -105,7 +107,7 @@ class ScenarioServer:
             "StreamStream": grpc.stream_stream_rpc_method_handler(self._stream_stream),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.port = server.add_insecure_port("127.0.0.1:0")
+        self.port = server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         self._server = server
 
