@@ -6,6 +6,8 @@ import asyncio
 import subprocess
 import sys
 
+import pytest
+
 from .support import ROOT, direct
 
 
@@ -25,20 +27,12 @@ def test_the_demo_spreads_calls_survives_a_kill_and_drains():
     assert "OK: registered in etcd, balanced, survived a kill, drained cleanly" in output
 
 
-def test_the_client_example_counts_who_served(server_process):
+@pytest.mark.parametrize("example", ["client", "sync_client"])
+def test_the_client_examples_count_who_served(server_process, example):
+    """The same calls from async code (gz.connect) and from synchronous code (gz.connect_sync)."""
     replicas = [server_process(), server_process()]
     for replica in replicas:
         asyncio.run(replica.wait_serving())
-    done = run_example("examples.greeter.client", direct(replicas), "--calls", "20")
-    assert done.returncode == 0, done.stderr
-    assert all(r.address in done.stdout for r in replicas), done.stdout
-
-
-def test_the_sync_client_example_counts_who_served(server_process):
-    """The same calls from synchronous code, through gz.connect_sync()."""
-    replicas = [server_process(), server_process()]
-    for replica in replicas:
-        asyncio.run(replica.wait_serving())
-    done = run_example("examples.greeter.sync_client", direct(replicas), "--calls", "20")
+    done = run_example(f"examples.greeter.{example}", direct(replicas), "--calls", "20")
     assert done.returncode == 0, done.stderr
     assert all(r.address in done.stdout for r in replicas), done.stdout
