@@ -50,3 +50,19 @@ def test_version_is_the_distributions():
     printed = subprocess.run([sys.executable, "-c", "import gz; print(gz.__version__)"],
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert printed.strip() == version("gz")
+
+
+def test_every_public_name_is_imported_on_first_use():
+    """``import gz`` imports its names lazily: each one in __all__ resolves, and none of the
+    heavy modules (grpc, the settings' pydantic) is imported by ``import gz`` alone."""
+    code = (
+        "import sys, gz\n"
+        "heavy = [m for m in ('grpc', 'pydantic_settings', 'gz.settings') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert sorted(gz.__all__) == sorted(gz._EXPORTS), 'update __all__ with _EXPORTS'\n"
+        "for name in gz.__all__:\n"
+        "    getattr(gz, name)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.strip() == "ok", done.stderr
