@@ -18,8 +18,9 @@ import time
 from .report import Result, machine, render
 
 SCENARIOS = ("client_overhead", "server_overhead", "proxy", "balance", "convergence", "scale",
-             "startup", "sync_client")  # fmt: skip
+             "startup", "sync_client", "server_bisect")  # fmt: skip
 TIMEOUT = {"quick": 60.0, "full": 150.0}  # seconds per scenario
+FULL_TIMEOUT = {"server_bisect": 420.0}  # scenarios that take longer than that in a full run
 
 
 def run_scenario(name: str, quick: bool) -> Result:
@@ -27,7 +28,8 @@ def run_scenario(name: str, quick: bool) -> Result:
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, err = process.communicate(timeout=TIMEOUT["quick" if quick else "full"])
+        timeout = TIMEOUT["quick"] if quick else FULL_TIMEOUT.get(name, TIMEOUT["full"])
+        out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.terminate()  # the scenario then stops the processes it started
         try:

@@ -10,12 +10,12 @@ import sys
 from .support import ROOT
 
 
-def test_quick_json_run_of_three_scenarios_has_the_documented_shape():
+def test_quick_json_run_of_four_scenarios_has_the_documented_shape():
     command = [sys.executable, "-m", "benchmarks", "--quick", "--json"]
-    scenarios = ["client_overhead", "scale", "sync_client"]
+    scenarios = ["client_overhead", "scale", "sync_client", "server_bisect"]
     done = subprocess.run(
         [*command, "--only", ",".join(scenarios)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -26,7 +26,7 @@ def test_quick_json_run_of_three_scenarios_has_the_documented_shape():
     for scenario in report["scenarios"]:
         assert not [note for note in scenario["notes"] if note.startswith("FAILED")], scenario
         assert scenario["tables"] and all(table["rows"] for table in scenario["tables"])
-    overhead, scale, sync = (s["tables"][0]["rows"] for s in report["scenarios"])
+    overhead, scale, sync, bisect = (s["tables"][0]["rows"] for s in report["scenarios"])
     assert {row["variant"] for row in overhead} >= {"raw", "gz"}
     for row in overhead + sync:
         assert {"shape", "conc", "rps", "p50_ms", "p99_ms", "cpu_s_per_1k", "rps_ratio",
@@ -38,3 +38,11 @@ def test_quick_json_run_of_three_scenarios_has_the_documented_shape():
     assert len(sync_goals) == 3 and all("A/A control" in note for note in sync_goals)
     assert [row["endpoints"] for row in scale] == [10, 100]
     assert all("pick_ns_round_robin" in row and "kib_per_subchannel" in row for row in scale)
+    # one row per server variant at each of two concurrencies, server CPU per call as a ratio
+    wanted = {"raw", "raw A/A", "+options", "+wrap", "+metrics", "gz defaults", "gz defaults off"}
+    assert {row["variant"] for row in bisect} >= wanted
+    assert len({row["conc"] for row in bisect}) == 2
+    for row in bisect:
+        assert {"rps", "server_cpu_s_per_1k", "rps_ratio", "server_cpu_ratio",
+                "rounds_rerun"} <= row.keys()  # fmt: skip
+    assert any("answered SayHello correctly" in n for n in report["scenarios"][3]["notes"])

@@ -22,7 +22,20 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc
 
-from .chain import CallContext, Kind, Method, Middleware, StreamHandler, UnaryHandler, compose
+from .chain import (
+    CallContext,
+    CallObserver,
+    Kind,
+    Method,
+    Middleware,
+    StreamHandler,
+    UnaryHandler,
+    begin_all,
+    bind,
+    compose_bound,
+    end_all,
+    observers_only,
+)
 
 _BEHAVIOR_FIELDS = {
     Kind.UNARY_UNARY: "unary_unary",
@@ -42,37 +55,69 @@ def wrap_method_handler(
     kind = Kind((handler.request_streaming, handler.response_streaming))
     field = _BEHAVIOR_FIELDS[kind]
     method = Method(full_name, kind, "server")
-    endpoint = _endpoint(getattr(handler, field), kind, executor)
-    chain = compose(middleware, method, endpoint)
-    if chain is endpoint:
+    bound = bind(middleware, method)
+    if not bound:  # compose() would return the endpoint itself: nothing to wrap
         return handler
-    behavior = (
-        _stream_behavior(method, chain)
-        if kind.response_streaming
-        else _unary_behavior(method, chain)
-    )
+    endpoint = _endpoint(getattr(handler, field), kind, executor)
+    if kind.response_streaming:
+        behavior = _stream_behavior(method, compose_bound(bound, method, endpoint))
+    else:
+        # The leading observers (the defaults: tracing, metrics, call log, deadline) run in
+        # the behavior's own coroutine, as compose() would run them in a layer of their own.
+        observers = _leading_observers(bound, method)
+        inner = compose_bound(bound[len(observers) :], method, endpoint)
+        behavior = _unary_behavior(method, observers, inner)
     return handler._replace(**{field: behavior})  # grpc's RpcMethodHandler is a namedtuple
 
 
-def _context(method: Method, context: grpc.aio.ServicerContext) -> CallContext:
+def _leading_observers(bound: Sequence[Middleware], method: Method) -> tuple[CallObserver, ...]:
+    """The plain CallObservers at the start of ``bound`` (from bind()), up to the first other
+    middleware."""
+    count = 0
+    while count < len(bound) and observers_only(bound[count : count + 1], method):
+        count += 1
+    return observers_only(bound[:count], method) or ()
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
-    deadline = None if remaining is None else time.monotonic() + remaining
-    # A response stream the client cancelled is closed later, outside its call, when grpc has
-    # freed the call: context.peer() then crashes the process. Read it while the call is alive.
-    peer = context.peer() if method.kind.response_streaming else None
-    return CallContext(method, None, deadline, peer, servicer_context=context)
+    return None if remaining is None else time.monotonic() + remaining
 
 
-def _unary_behavior(method: Method, chain: UnaryHandler) -> Callable[..., Any]:
-    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await chain(_context(method, context), request)
+def _unary_behavior(
+    method: Method, observers: tuple[CallObserver, ...], chain: UnaryHandler
+) -> Callable[..., Any]:
+    """grpc's handler for a method with one response: ``observers`` begin and end around
+    ``chain`` (what _Observers.unary does, without a coroutine of its own per call)."""
+    if not observers:
 
-    return behavior
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            ctx = CallContext(method, None, _deadline(context), servicer_context=context)
+            return await chain(ctx, request)
+
+        return behavior
+
+    async def observed_behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ctx = CallContext(method, None, _deadline(context), servicer_context=context)
+        tokens = begin_all(observers, ctx)
+        try:
+            response = await chain(ctx, request)
+        except BaseException as error:
+            end_all(observers, ctx, tokens, error)
+            raise
+        end_all(observers, ctx, tokens, None)
+        return response
+
+    return observed_behavior
 
 
 def _stream_behavior(method: Method, chain: StreamHandler) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in chain(_context(method, context), request):
+        # A response stream the client cancelled is closed later, outside its call, when grpc
+        # has freed the call: context.peer() then crashes the process. Read it while the call
+        # is alive.
+        ctx = CallContext(method, None, _deadline(context), context.peer(), context)
+        async for response in chain(ctx, request):
             yield response
 
     return behavior
@@ -118,8 +163,9 @@ def _invoker(behavior: Callable[..., Any], kind: Kind, executor: Executor) -> Un
     """Calls the servicer method as it is written, decided once per method, not per call."""
     if inspect.iscoroutinefunction(behavior):
 
-        async def invoke_coroutine(ctx: CallContext, request: Any) -> Any:
-            return await behavior(request, ctx.servicer_context)
+        def invoke_coroutine(ctx: CallContext, request: Any) -> Any:
+            # The servicer method's own coroutine is what the chain awaits: no layer of ours.
+            return behavior(request, ctx.servicer_context)
 
         return invoke_coroutine
     if inspect.isasyncgenfunction(behavior):
