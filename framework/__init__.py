@@ -52,10 +52,20 @@ def __getattr__(name: str) -> Any:
         return version("gz")
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'gz' has no attribute {name!r}")
+        return _submodule(name)
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # found directly from now on
     return value
+
+
+def _submodule(name: str) -> Any:
+    """``gz.discovery`` and the like without importing them first, as before names were lazy."""
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise  # the submodule exists but something it imports does not
+        raise AttributeError(f"module 'gz' has no attribute {name!r}") from None
 
 
 def __dir__() -> list[str]:

@@ -303,7 +303,9 @@ def calls(who, count=30):
 def report(**values):
     values["pid"] = os.getpid()
     values["threads"] = sorted(t.name for t in threading.enumerate())
-    print(json.dumps(values), flush=True)
+    # one write of one line: parent and children share the pipe, and a line written in two
+    # pieces (print's text, then its newline) can interleave with another process's
+    os.write(1, (json.dumps(values) + "\\n").encode())
 
 
 def wait_child(pid, timeout=30.0):

@@ -329,7 +329,14 @@ async def timeout_on_sleeping_server(channel: grpc.aio.Channel, wire: Wire | Non
     call = stub(channel).FullDuplexCall(timeout=0.001)
 
     async def write_and_wait() -> None:
-        await call.write(output_request(body=27182))
+        try:
+            await call.write(output_request(body=27182))
+        except AioRpcError as error:
+            # grpc/grpc#36066: grpc.aio's write can race the call's end (here, its 1 ms
+            # deadline) and fail INTERNAL "execute_batch", whatever the server; the call's own
+            # status still decides, so read it.
+            if "execute_batch" not in (error.debug_error_string() or ""):
+                raise
         await call.read()
 
     await expect_error(write_and_wait(), grpc.StatusCode.DEADLINE_EXCEEDED)
