@@ -19,14 +19,13 @@ import grpc
 
 from ..middleware import CallContext
 from ..middleware.retry import ATTEMPT, IDEMPOTENT, TRIED_PEERS
+from .calls import LOCALLY_CANCELLED
 from .syncpending import failed, pick_in_loop
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from .synccalls import Extras, SyncMultiCallable
-
-LOCALLY_CANCELLED = "Locally cancelled by application!"  # grpc's words for a cancelled call
 
 
 class FutureAttempts(grpc.Call, grpc.Future):

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from .calls import LOCALLY_CANCELLED
+
 if TYPE_CHECKING:
     from .synccalls import Begun, Extras, SyncMultiCallable
-
-LOCALLY_CANCELLED = "Locally cancelled by application!"  # grpc's words for a cancelled call
 
 
 def sync_rpc_error(code: grpc.StatusCode, details: str) -> Any:
