@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import gz
-from gz.discovery import Endpoint, Listener, build_resolver
+from gz.discovery import Endpoint, Listener, apply_change, build_resolver
 from gz.middleware.tracing import configure_tracing
 
 from .errors import BadInput, Failed
@@ -83,6 +83,9 @@ class _Collector(Listener):
         self.endpoints = endpoints
         self.on_update(endpoints)
         self.changed.set()
+
+    def change(self, added: Collection[Endpoint], removed: Collection[Endpoint]) -> None:
+        self.update(apply_change(self.endpoints or frozenset(), added, removed))
 
     def error(self, message: str) -> None:
         self.failed = message

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import gz
 from examples.greeter import greeter_pb2, greeter_pb2_grpc
 from examples.greeter.server import Greeter
-from gz.discovery import Endpoint
+from gz.discovery import Endpoint, apply_change
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,12 +211,18 @@ class Recorder:
         self.updates: list[frozenset[Endpoint]] = []
         self.arrived: list[float] = []  # time.monotonic() of each update
         self.errors: list[str] = []
+        self.changes: list[tuple[frozenset[Endpoint], frozenset[Endpoint]]] = []  # as pushed
         self._changed = asyncio.Event()
 
     def update(self, endpoints: frozenset[Endpoint]) -> None:
         self.updates.append(endpoints)
         self.arrived.append(time.monotonic())
         self._changed.set()
+
+    def change(self, added: Collection[Endpoint], removed: Collection[Endpoint]) -> None:
+        """Recorded as the whole set it makes."""
+        self.changes.append((frozenset(added), frozenset(removed)))
+        self.update(apply_change(self.updates[-1] if self.updates else frozenset(), added, removed))
 
     def error(self, message: str) -> None:
         self.errors.append(message)

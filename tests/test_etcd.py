@@ -323,6 +323,35 @@ async def test_the_resolver_outlives_errors_etcd_is_not_expected_to_give(etcd, m
     assert len(listener.errors) == 1 and "RESOURCE_EXHAUSTED" in listener.errors[0]
 
 
+async def test_the_resolver_pushes_what_each_event_changed(etcd):
+    for n in (1, 2, 3):
+        etcd.etcdctl("put", f"greeter/{n}", f"127.0.0.1:100{n}")
+    listener = Recorder()
+    watching = asyncio.ensure_future(
+        EtcdResolver(EtcdConfig((etcd.endpoint,)), "greeter").watch(listener)
+    )
+    try:
+        await listener.wait_for_set({"127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003"})
+        etcd.etcdctl("put", "greeter/4", "127.0.0.1:1004")
+        await listener.wait_for(lambda: len(listener.changes) == 1)
+        etcd.etcdctl("put", "greeter/5", "127.0.0.1:1001")  # a second key naming one address
+        etcd.etcdctl("del", "greeter/1")  # so the address stays: nothing to tell
+        etcd.etcdctl("del", "greeter/2")
+        await listener.wait_for(lambda: len(listener.changes) == 2)
+        etcd.etcdctl("del", "greeter/5")
+        await listener.wait_for(lambda: len(listener.changes) == 3)
+    finally:
+        watching.cancel()
+    assert len(listener.updates) == 1 + len(listener.changes)  # one whole set, from the read
+    assert [({e.address for e in added}, {e.address for e in removed})
+            for added, removed in listener.changes] == [
+        ({"127.0.0.1:1004"}, set()),
+        (set(), {"127.0.0.1:1002"}),
+        (set(), {"127.0.0.1:1001"}),
+    ]  # fmt: skip
+    assert listener.current == {"127.0.0.1:1003", "127.0.0.1:1004"}
+
+
 # -- keys written by others --------------------------------------------------------------------
 async def test_go_zero_keys_resolve_and_garbage_is_skipped_once(
     etcd, caplog, monkeypatch, serve_greeter

@@ -94,6 +94,13 @@ async def test_a_changed_or_deleted_slice_changes_only_its_own_endpoints(kube: K
         await seen.wait_for_set(at(a + b2))
         assert len(seen.current) == 195
         assert never_emptied(seen) and len(kube.lists) == 1  # all of it came by the watch
+    # after the list's whole set, each event was pushed as what it changed, nothing more
+    assert len(seen.updates) == 1 + len(seen.changes)
+    assert [({e.address for e in added}, {e.address for e in removed})
+            for added, removed in seen.changes] == [
+        (at(ips("10.4.0", 5)), at(b[:10])),
+        (set(), at(c)),
+    ]  # fmt: skip
 
 
 async def test_only_serving_endpoints_are_kept(kube: KubeApiServer):
@@ -285,7 +292,7 @@ def test_stop_reads_the_client_once_while_the_worker_drops_it():
             pass
 
     target = parse_kube_target(parse_target(TARGET))
-    watcher = Racing(target, TARGET, print, print, backoff=Backoff())
+    watcher = Racing(target, TARGET, Recorder(), backoff=Backoff())
     watcher.stop()
     assert client.interrupted == 1
 

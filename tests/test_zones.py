@@ -8,12 +8,11 @@ import contextlib
 import subprocess
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 
 import gz
-from gz.balancing.zones import local_endpoints, prefer_zone
+from gz.balancing.zones import ZoneIndex
 from gz.discovery import Endpoint
 from gz.discovery.kubernetes.slices import read_slice
 
@@ -36,13 +35,6 @@ TARGET = f"k8s://{NS}/{SERVICE}:grpc"
 
 
 # -- the rule ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Sub:
-    """Stands in for a subchannel: the rule only reads .endpoint."""
-
-    endpoint: Endpoint
-
-
 def spread(**zones: int) -> list[Endpoint]:
     """``spread(a=2, b=3)``: 10.0.<zone>.<n>:8080 endpoints in those zones."""
     return [
@@ -52,9 +44,25 @@ def spread(**zones: int) -> list[Endpoint]:
     ]
 
 
+def index(zone: str, known: list[Endpoint] | frozenset[Endpoint]) -> ZoneIndex:
+    zones = ZoneIndex(zone)
+    for endpoint in known:
+        zones.add(endpoint)
+    return zones
+
+
 def pick(zone: str | None, usable: list[Endpoint], known: list[Endpoint]) -> set[str]:
-    chosen = prefer_zone(zone, [Sub(e) for e in usable], frozenset(known))
-    return {s.endpoint.address for s in chosen}
+    """What the pool balances over (as usable.Usable.choice asks ZoneIndex)."""
+    if zone is None:
+        return addresses(usable)
+    zones = index(zone, known)
+    mine = [e for e in usable if zones.is_local(e)]
+    return addresses(mine if zones.prefers_local(len(mine), len(usable)) else usable)
+
+
+def local_endpoints(zone: str, known: frozenset[Endpoint]) -> tuple[frozenset[Endpoint], float]:
+    zones = index(zone, known)
+    return frozenset(e for e in known if zones.is_local(e)), zones.share()
 
 
 def addresses(endpoints: list[Endpoint]) -> set[str]:
@@ -88,7 +96,7 @@ def test_every_local_endpoint_out_or_none_at_all_means_every_usable_one():
     assert pick(None, known, known) == addresses(known)  # no GZ_ZONE
     plain = [Endpoint("10.0.0.1", 8080), Endpoint("10.0.0.2", 8080)]  # dns://, etcd://
     assert pick("a", plain, plain) == addresses(plain)
-    assert prefer_zone("a", [], frozenset(known)) == []
+    assert pick("a", [], known) == set()
 
 
 def test_one_endpoint_per_zone_is_its_share():
@@ -319,3 +327,20 @@ async def test_gz_resolve_shows_each_endpoints_zone_and_hints(kube: KubeApiServe
     )  # fmt: skip
     assert "10.0.0.1:8080  zone a, hinted for a" in text.stdout
     assert "10.0.1.1:8080  zone b\n" in text.stdout
+
+
+def test_the_index_follows_endpoints_coming_and_going():
+    known = spread(a=2, b=2)
+    zones = index("a", known)
+    assert zones.share() == 0.5 and not zones.by_hints()
+    for endpoint in known[:2]:  # zone a empties: no share, then it comes back hinted
+        zones.remove(endpoint)
+    assert zones.share() == 0.0 and not zones.prefers_local(0, 2)
+    hinted = [Endpoint(e.host, e.port, e.zone, frozenset({"a"})) for e in known]
+    for endpoint in known[2:]:
+        zones.remove(endpoint)
+    for endpoint in hinted:
+        zones.add(endpoint)
+    assert zones.by_hints() and zones.share() == 1.0 and zones.is_local(hinted[3])
+    zones.add(Endpoint("10.0.9.9", 8080, "b"))  # one without hints: zones decide again
+    assert not zones.by_hints() and zones.share() == 0.5

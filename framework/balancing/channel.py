@@ -188,7 +188,7 @@ class BalancedChannel(MultiCallables, grpc.aio.Channel):
     @property
     def endpoints(self) -> list[Endpoint]:
         """The endpoints currently resolved (empty before first use)."""
-        return sorted(self._pool.endpoints) if self._pool is not None else []
+        return sorted(self._pool.endpoints.values()) if self._pool is not None else []
 
     # -- grpc.aio.Channel ---------------------------------------------------------------------
     async def __aenter__(self) -> BalancedChannel:

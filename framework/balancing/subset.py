@@ -15,11 +15,13 @@ is the first K of that ranking that are usable. So:
   back when it recovers.
 
 Nothing outside this module knows the ranking; the pool asks a Subsetter which endpoints to
-keep subchannels for.
+keep subchannels for. A Subsetter keeps its ranking sorted as endpoints come and go: one
+endpoint changed costs one hash and a binary search, not a new ranking.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import secrets
@@ -57,9 +59,16 @@ def weight(client: str, endpoint: Endpoint) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
 
 
+Rank = tuple[int, Endpoint]  # (-weight, endpoint): sorts best first, ties (never seen) by endpoint
+
+
+def rank(client: str, endpoint: Endpoint) -> Rank:
+    return -weight(client, endpoint), endpoint
+
+
 def ranked(client: str, endpoints: Iterable[Endpoint]) -> list[Endpoint]:
-    """The endpoints best first for this client (ties, never seen in 64 bits, by endpoint)."""
-    return sorted(endpoints, key=lambda e: (-weight(client, e), e))
+    """The endpoints best first for this client."""
+    return [endpoint for _, endpoint in sorted(rank(client, e) for e in endpoints)]
 
 
 def kept(ranking: Iterable[Endpoint], size: int, unusable: Collection[Endpoint]) -> list[Endpoint]:
@@ -87,28 +96,58 @@ def subset(
 
 
 class Subsetter:
-    """One channel's subsetting: the ranking of its resolved endpoints, made once per resolver
-    update, walked on every state change (no hashing then)."""
+    """One channel's subsetting: the ranking of its resolved endpoints, made on a whole set,
+    kept sorted through changes, walked on every state change (no hashing then)."""
 
     def __init__(self, client: str, setting: int | None) -> None:
         self.client = client
         self.setting = setting
         self.size: int | None = None  # None: no subsetting for the current endpoints
-        self._ranking: list[Endpoint] = []
+        self._ranking: list[Rank] = []  # sorted
+        self._ranks: dict[Endpoint, Rank] = {}
 
     def resolved(self, endpoints: Collection[Endpoint]) -> None:
+        """A whole new set: O(N log N), hashing only the endpoints it did not rank before."""
         self.size = subset_size(self.setting, len(endpoints))
-        self._ranking = ranked(self.client, endpoints) if self.size is not None else []
-
-    def keep(
-        self, endpoints: frozenset[Endpoint], unusable: Collection[Endpoint]
-    ) -> frozenset[Endpoint]:
-        """The endpoints to keep subchannels for: all of them without subsetting; else the
-        subset, with each unusable member's replacement (the next-ranked usable endpoint)."""
         if self.size is None:
-            return endpoints
-        return frozenset(kept(self._ranking, self.size, unusable))
+            self._ranks, self._ranking = {}, []
+            return
+        known = self._ranks
+        self._ranks = {e: known.get(e) or rank(self.client, e) for e in endpoints}
+        self._ranking = sorted(self._ranks.values())
+
+    def changed(
+        self,
+        added: Iterable[Endpoint],
+        removed: Iterable[Endpoint],
+        endpoints: Collection[Endpoint],
+    ) -> bool:
+        """Endpoints ``added`` and ``removed``, making ``endpoints``. True when that turned
+        subsetting on or off (the ranking was then made again from ``endpoints``)."""
+        size = subset_size(self.setting, len(endpoints))
+        if (size is None) != (self.size is None):
+            self.resolved(endpoints)
+            return True
+        self.size = size
+        if size is None:
+            return False
+        for endpoint in removed:
+            old = self._ranks.pop(endpoint, None)
+            if old is not None:
+                del self._ranking[bisect.bisect_left(self._ranking, old)]
+        for endpoint in added:
+            if endpoint not in self._ranks:  # else only its zone or hints changed
+                new = self._ranks[endpoint] = rank(self.client, endpoint)
+                bisect.insort(self._ranking, new)
+        return False
+
+    def keep(self, unusable: Collection[Endpoint]) -> frozenset[Endpoint] | None:
+        """The endpoints to keep subchannels for: the subset, with each unusable member's
+        replacement (the next-ranked usable endpoint); None without subsetting: all of them."""
+        if self.size is None:
+            return None
+        return frozenset(kept((e for _, e in self._ranking), self.size, unusable))
 
     def members(self) -> frozenset[Endpoint] | None:
         """The subset when every endpoint is usable (None: no subsetting), for /debug/targets."""
-        return None if self.size is None else frozenset(self._ranking[: self.size])
+        return None if self.size is None else frozenset(e for _, e in self._ranking[: self.size])

@@ -179,7 +179,7 @@ class SyncBalancedChannel(MultiCallables, grpc.Channel):
     def endpoints(self) -> list[Endpoint]:
         """The endpoints currently resolved (empty before first use)."""
         pool = self._pool
-        return sorted(pool.endpoints) if pool is not None else []
+        return sorted(pool.endpoints.values()) if pool is not None else []
 
     def snapshot(self) -> dict[str, Any]:
         """What the channel sees now, as /debug/targets shows it (built in its loop)."""

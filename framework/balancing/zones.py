@@ -13,14 +13,15 @@ EndpointSlice controller allocates hints by each zone's capacity, and reallocate
 endpoints come and go); without hints, an equal part per zone that has endpoints (1/zones), as
 clients spread over the zones as servers do. So a zone that lost more of its endpoints (not
 serving, failing or ejected) than the others spills to every usable endpoint, and a zone with
-none spills at once; calls never fail because the local zone is empty. Everything here runs
-when the pool rebuilds its picker, never per call.
+none spills at once; calls never fail because the local zone is empty.
+
+A ZoneIndex counts the resolved endpoints' zones and hints as they come and go, so each of these
+questions costs O(1) whatever the number of endpoints; nothing here runs per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from collections import Counter
 
 from ..discovery import Endpoint
 
@@ -29,57 +30,48 @@ from ..discovery import Endpoint
 SHARE_NEEDED = 0.75
 
 
-class HasEndpoint(Protocol):
-    @property
-    def endpoint(self) -> Endpoint: ...
+class ZoneIndex:
+    """The zones and hints of a target's resolved endpoints, for one client zone."""
 
+    def __init__(self, zone: str) -> None:
+        self.zone = zone
+        self._zones: Counter[str | None] = Counter()  # endpoints per zone (None: unknown)
+        self._unhinted = 0  # endpoints without hints: one is enough to ignore every hint
+        self._hinted_here = 0  # endpoints whose hints name this zone
+        self._total = 0
 
-S = TypeVar("S", bound=HasEndpoint)
-Local = tuple[frozenset[Endpoint], float]
+    def add(self, endpoint: Endpoint) -> None:
+        self._count(endpoint, 1)
 
-# The last sets seen, by identity: a set changes far less often than its endpoints' states.
-# Not by equality: sets that differ only in zones or hints are equal.
-_CACHED = 64
-_cache: dict[tuple[str, int], tuple[frozenset[Endpoint], Local]] = {}
+    def remove(self, endpoint: Endpoint) -> None:
+        """``endpoint`` as it was added (with the zone and hints it had then)."""
+        self._count(endpoint, -1)
 
+    def _count(self, endpoint: Endpoint, step: int) -> None:
+        self._total += step
+        self._zones[endpoint.zone] += step
+        if not self._zones[endpoint.zone]:
+            del self._zones[endpoint.zone]
+        self._unhinted += step * (not endpoint.for_zones)
+        self._hinted_here += step * (self.zone in endpoint.for_zones)
 
-def local_endpoints(zone: str, endpoints: frozenset[Endpoint]) -> Local:
-    """The endpoints meant for ``zone`` and the share of calls they are meant to carry (0 to 1);
-    (empty, 0) when none is."""
-    cached = _cache.get((zone, id(endpoints)))
-    if cached is not None and cached[0] is endpoints:  # it holds the set: the id is its own
-        return cached[1]
-    found = _local_endpoints(zone, endpoints)
-    if len(_cache) >= _CACHED:
-        del _cache[next(iter(_cache))]  # the oldest
-    _cache[zone, id(endpoints)] = endpoints, found
-    return found
+    def by_hints(self) -> bool:
+        """Whether hints, rather than zones, say which endpoints are meant for this zone."""
+        return not self._unhinted and self._hinted_here > 0
 
+    def is_local(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` is meant for this zone (as the set stands now)."""
+        if self.by_hints():
+            return self.zone in endpoint.for_zones
+        return endpoint.zone == self.zone
 
-def _local_endpoints(zone: str, endpoints: frozenset[Endpoint]) -> Local:
-    if not endpoints:
-        return frozenset(), 0.0
-    if all(e.for_zones for e in endpoints):  # one endpoint without hints: hints are not in use
-        hinted = frozenset(e for e in endpoints if zone in e.for_zones)
-        if hinted:
-            return hinted, len(hinted) / len(endpoints)
-    local = frozenset(e for e in endpoints if e.zone == zone)
-    zones = {e.zone for e in endpoints} | {zone}
-    return local, (1 / len(zones) if local else 0.0)
+    def share(self) -> float:
+        """The share of the calls this zone's endpoints are meant to carry (0 to 1)."""
+        if self.by_hints():
+            return self._hinted_here / self._total
+        return 1 / len(self._zones) if self._zones[self.zone] else 0.0
 
-
-def prefer_zone(
-    zone: str | None, usable: Sequence[S], endpoints: frozenset[Endpoint]
-) -> Sequence[S]:
-    """What to balance over: the usable ones (subchannels) meant for ``zone`` if they are
-    enough for its share, else all of ``usable``. ``endpoints`` is the whole resolved set, with
-    zones and hints; without a zone, or a zone no endpoint knows of, ``usable`` as is."""
-    if zone is None or not usable:
-        return usable
-    local, share = local_endpoints(zone, endpoints)
-    if not local:
-        return usable
-    mine = [s for s in usable if s.endpoint in local]  # endpoints compare by address
-    if mine and len(mine) >= SHARE_NEEDED * share * len(usable):
-        return mine
-    return usable
+    def prefers_local(self, local: int, usable: int) -> bool:
+        """Whether ``local`` usable endpoints of this zone, of ``usable`` in all, are enough
+        to keep the calls in the zone."""
+        return local > 0 and local >= SHARE_NEEDED * self.share() * usable

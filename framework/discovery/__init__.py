@@ -7,7 +7,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from .endpoint import Endpoint
-from .resolver import Listener, ManualResolver, Resolver
+from .resolver import Listener, ManualResolver, Resolver, apply_change
 from .target import FORMS, Target, TargetError, expand_bare_name, parse_target, target_variable
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ __all__ = [
     "Resolver",
     "Target",
     "TargetError",
+    "apply_change",
     "build_resolver",
     "expand_bare_name",
     "parse_target",

@@ -1,10 +1,11 @@
-"""The resolver interface: a resolver pushes the complete endpoint set of one target."""
+"""The resolver interface: a resolver pushes the endpoint set of one target, whole or as the
+change since its last push."""
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Protocol
 
 from .endpoint import Endpoint
@@ -16,15 +17,31 @@ class Listener(Protocol):
     def update(self, endpoints: frozenset[Endpoint]) -> None:
         """The complete current set; an empty set means the target really has no endpoints."""
 
+    def change(self, added: Collection[Endpoint], removed: Collection[Endpoint]) -> None:
+        """What changed since the last set or change told: ``removed`` left the set, ``added``
+        joined it or replace the equal (same address) endpoint, whose zone or hints changed.
+        Resolvers that follow events (etcd, Kubernetes) push these, so that one endpoint
+        changed costs the same whatever the size of the set."""
+
     def error(self, message: str) -> None:
         """Resolution failed; the last set stays in use. The message names the target and cause."""
+
+
+def apply_change(
+    endpoints: frozenset[Endpoint], added: Collection[Endpoint], removed: Collection[Endpoint]
+) -> frozenset[Endpoint]:
+    """``endpoints`` after a Listener.change, for a listener that wants whole sets (O(N))."""
+    replaced = frozenset(added)
+    return endpoints - frozenset(removed) - replaced | replaced
 
 
 class Resolver(ABC):
     """Finds the endpoints of one target and keeps them current.
 
-    ``watch`` runs until cancelled (or returns once a static set is pushed). It must never push an
-    empty set because of an error: errors go to ``listener.error`` and the last set stays.
+    ``watch`` runs until cancelled (or returns once a static set is pushed). It pushes the first
+    set with ``listener.update``, and later ones with ``update`` or ``change``. It must never
+    push an empty set because of an error: errors go to ``listener.error`` and the last set
+    stays.
     """
 
     #: what the user asked for, for messages: ``dns:///greeter:8080``

@@ -21,7 +21,7 @@ import bisect
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -356,11 +356,20 @@ class _CountingListener:
         self._listener = listener
         self._endpoints, self._updates = endpoints.labels(target), updates.labels(target)
         self._errors = errors.labels(target)  # 0 until the first error, so rate() works
+        self._members: set[Endpoint] = set()  # to count the endpoints after a change
 
     def update(self, endpoints: frozenset[Endpoint]) -> None:
+        self._members = set(endpoints)
         self._endpoints.set(len(endpoints))
         self._updates.inc()
         self._listener.update(endpoints)
+
+    def change(self, added: Collection[Endpoint], removed: Collection[Endpoint]) -> None:
+        self._members.difference_update(removed)
+        self._members.update(added)
+        self._endpoints.set(len(self._members))
+        self._updates.inc()
+        self._listener.change(added, removed)
 
     def error(self, message: str) -> None:
         self._errors.inc()

@@ -20,6 +20,7 @@ from ...backoff import Backoff
 from ...logs import count
 from ..endpoint import Endpoint
 from ..resolver import Listener, Resolver
+from ..tally import Tally
 from .connection import (
     ETCD_ERRORS,
     MESSAGE_LIMIT,
@@ -104,6 +105,7 @@ class PrefixCache:
         self.cluster_id: int | None = None
         self.skipped = SkippedKeys(target)
         self._by_key: dict[bytes, Endpoint] = {}
+        self.tally = Tally()  # the endpoints of _by_key's values, and what the listener heard
         # key -> hash of the bad value already counted, so that a value is skipped in silence
         # once reported, until it changes (a hash: the values themselves may be large)
         self._warned: dict[bytes, int] = {}
@@ -117,6 +119,7 @@ class PrefixCache:
         )
         self.cluster_id, self.revision = header.cluster_id, header.revision
         self._by_key.clear()
+        self.tally.clear()
         for kv in snapshot.kvs:
             self._put(kv.key, kv.value)
         for key in snapshot.too_large:
@@ -130,7 +133,7 @@ class PrefixCache:
         """Apply one watch response's PUT and DELETE events."""
         for event in response.events:
             if event.type == event.DELETE:
-                self._by_key.pop(event.kv.key, None)
+                self._forget(event.kv.key)
                 self._warned.pop(event.kv.key, None)
             else:
                 self._put(event.kv.key, event.kv.value)
@@ -138,21 +141,30 @@ class PrefixCache:
 
     def _put(self, key: bytes, value: bytes) -> None:
         try:
-            self._by_key[key] = Endpoint.parse(value.decode())
-            self._warned.pop(key, None)
+            endpoint = Endpoint.parse(value.decode())
         except (ValueError, UnicodeDecodeError):
             self._skip(key, value)
+            return
+        self._forget(key)
+        self._by_key[key] = endpoint
+        self.tally.add(endpoint)
+        self._warned.pop(key, None)
+
+    def _forget(self, key: bytes) -> None:
+        endpoint = self._by_key.pop(key, None)
+        if endpoint is not None:
+            self.tally.remove(endpoint)
 
     def _skip(self, key: bytes, value: bytes | None) -> None:
         """``value`` None: too large to read."""
-        self._by_key.pop(key, None)
+        self._forget(key)
         mark = _TOO_LARGE if value is None else hash(value)
         if self._warned.get(key) != mark:
             self._warned[key] = mark
             self.skipped.add(key, value)
 
     def endpoints(self) -> frozenset[Endpoint]:
-        return frozenset(self._by_key.values())
+        return self.tally.current()
 
 
 class EtcdResolver(Resolver):
@@ -177,7 +189,6 @@ class _Follower:
         self.resolver = resolver
         self.listener = listener
         self.cache = PrefixCache(resolver.target)
-        self.published: frozenset[Endpoint] | None = None
         self.hold_until = 0.0
         self.release_hold: asyncio.TimerHandle | None = None
         self.backoff = Backoff(first=0.1, cap=2.0)
@@ -208,7 +219,7 @@ class _Follower:
                             self._recovered(etcd.endpoint)
                         self.cache.apply(response)
                         self.cache.skipped.report()
-                        self.publish()
+                        self.publish_changes()
             except (Compacted, TooLarge) as error:
                 log.info("%s: %s; reading again", self.resolver.target, error)
             except Exception as error:  # any failure is transient: only a cancel ends the loop
@@ -232,15 +243,15 @@ class _Follower:
         listener keeps the last error until it is told a set)."""
         self.failing = None
         log.info("%s: etcd at %s answers again; following %s", self.resolver.target, endpoint,
-                 count(len(self.cache.endpoints()), "endpoint"))  # fmt: skip
+                 count(len(self.cache.tally), "endpoint"))  # fmt: skip
         self.publish(again=True)
 
     def _etcd_was_replaced(self, endpoint: str) -> None:
-        if self.published and not self.cache.endpoints():
+        if self.cache.tally.told() and not self.cache.tally:
             log.warning(
                 "%s: etcd at %s came back without our keys (a wiped data dir?); keeping the "
                 "last %s for up to %gs while servers register again", self.resolver.target,
-                endpoint, count(len(self.published), "endpoint"), REREGISTRATION_WINDOW,
+                endpoint, count(self.cache.tally.told(), "endpoint"), REREGISTRATION_WINDOW,
             )  # fmt: skip
             self.hold_until = time.monotonic() + REREGISTRATION_WINDOW
             self.release_hold = asyncio.get_running_loop().call_later(
@@ -248,10 +259,21 @@ class _Follower:
             )
 
     def publish(self, again: bool = False) -> None:
-        endpoints = self.cache.endpoints()
-        if not endpoints and self.published and time.monotonic() < self.hold_until:
+        """Tell the listener the whole set if it changed (``again``: in any case)."""
+        tally = self.cache.tally
+        if not tally and tally.told() and time.monotonic() < self.hold_until:
             return
         self.hold_until = 0.0
-        if again or endpoints != self.published:
-            self.published = endpoints
+        endpoints = tally.take_all(again)
+        if endpoints is not None:
             self.listener.update(endpoints)
+
+    def publish_changes(self) -> None:
+        """After a watch response: tell the listener what it changed, in work proportional to
+        its events (the whole set only while a wiped etcd's hold lasts)."""
+        if self.hold_until:
+            self.publish()
+            return
+        added, removed = self.cache.tally.take_changes()
+        if added or removed:
+            self.listener.change(added, removed)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 from ...backoff import Backoff
 from ..endpoint import Endpoint
@@ -54,8 +54,7 @@ class KubernetesResolver(Resolver):
         worker = SliceWatcher(
             self.kube_target,
             self.target,
-            handoff.update,
-            handoff.error,
+            handoff,
             backoff=Backoff(*self._retry_delays),
         )
         thread = threading.Thread(
@@ -83,19 +82,22 @@ class _Handoff:
     def update(self, endpoints: frozenset[Endpoint]) -> None:
         self._post(self._listener.update, endpoints)
 
+    def change(self, added: Collection[Endpoint], removed: Collection[Endpoint]) -> None:
+        self._post(self._listener.change, added, removed)
+
     def error(self, message: str) -> None:
         self._post(self._listener.error, message)
 
     def close(self) -> None:
         self._open = False
 
-    def _post(self, callback: Callable[[Any], None], value: object) -> None:
+    def _post(self, callback: Callable[..., None], *values: object) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
-            self._loop.call_soon_threadsafe(self._deliver, callback, value)
+            self._loop.call_soon_threadsafe(self._deliver, callback, *values)
 
-    def _deliver(self, callback: Callable[[Any], None], value: object) -> None:
+    def _deliver(self, callback: Callable[..., None], *values: object) -> None:
         if self._open:
-            callback(value)
+            callback(*values)
 
 
 async def _let_go(finished: asyncio.Future[None]) -> None:

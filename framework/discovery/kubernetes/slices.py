@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..endpoint import Endpoint
+from ..tally import Tally
 
 log = logging.getLogger("gz.discovery.k8s")
 
@@ -178,11 +179,14 @@ def _for_zones(item: Json) -> frozenset[str]:
 
 class ServiceSlices:
     """Every slice of one service, by name. A service with more than 100 endpoints has several
-    slices: the endpoint set is their union, and an event changes only its own slice."""
+    slices: the endpoint set is their union, and an event changes only its own slice, so what
+    it changed is found in the work of one slice (``take_changes``)."""
 
     def __init__(self, service: str, port: int | str) -> None:
         self.service, self.port = service, port
         self._slices: dict[str, SliceEndpoints] = {}
+        self._serving, self._terminating = Tally(), Tally()  # the union of the slices'
+        self._told: Tally | None = None  # which of the two the listener was last told
         self._warned: dict[str, tuple[str, ...]] = {}  # so a relist does not repeat warnings
         self._odd: set[str] = set()  # the same, for objects that are no usable slice at all
         self._odd_before: set[str] = set()  # during a relist: those of the list before
@@ -190,6 +194,8 @@ class ServiceSlices:
     def replace(self, items: Iterable[Any]) -> None:
         """The whole list again (after a relist)."""
         self._slices.clear()
+        self._serving.clear()
+        self._terminating.clear()
         self._odd_before, self._odd = self._odd, set()
         try:
             for obj in items:
@@ -210,13 +216,27 @@ class ServiceSlices:
                 name, self.service, "; ".join(contribution.problems),
             )  # fmt: skip
         self._warned[name] = contribution.problems
+        self._count(self._slices.get(name), contribution)
         self._slices[name] = contribution
 
     def remove(self, obj: Any, event: str = "DELETED") -> None:
         name = self._name(obj, event)
         if name is not None:
-            self._slices.pop(name, None)
+            self._count(self._slices.pop(name, None), None)
             self._warned.pop(name, None)
+
+    def _count(self, old: SliceEndpoints | None, new: SliceEndpoints | None) -> None:
+        """Move one slice's endpoints from ``old`` to ``new`` in the tallies."""
+        if old is not None:
+            for endpoint in old.serving:
+                self._serving.remove(endpoint)
+            for endpoint in old.terminating:
+                self._terminating.remove(endpoint)
+        if new is not None:
+            for endpoint in new.serving:
+                self._serving.add(endpoint)
+            for endpoint in new.terminating:
+                self._terminating.add(endpoint)
 
     def _name(self, obj: Any, event: str) -> str | None:
         """The slice's name; None, after one warning saying what is wrong, if obj is no
@@ -243,12 +263,27 @@ class ServiceSlices:
         self._odd.add(message)
         return None
 
-    def endpoints(self) -> frozenset[Endpoint]:
-        """Serving endpoints; terminating-but-serving ones only when there is nothing else, so a
-        one-replica rollout is not left without a pod while the old one still answers."""
-        slices = self._slices.values()
-        serving = frozenset[Endpoint]().union(*(s.serving for s in slices))
-        return serving or frozenset[Endpoint]().union(*(s.terminating for s in slices))
+    def take_all(self, again: bool = False) -> frozenset[Endpoint] | None:
+        """The whole set for Listener.update, or None if it is as last told (``again``: even
+        so). Serving endpoints; terminating-but-serving ones only when there is nothing else,
+        so a one-replica rollout is not left without a pod while the old one still answers."""
+        tally, other = (
+            (self._serving, self._terminating) if self._serving
+            else (self._terminating, self._serving)
+        )  # fmt: skip
+        endpoints = tally.take_all(again or tally is not self._told)
+        other.forget()
+        self._told = tally
+        return endpoints
+
+    def take_changes(self) -> tuple[list[Endpoint], list[Endpoint]] | None:
+        """(added, removed) since the listener was last told, as Listener.change takes them;
+        None when only the whole set will do (none told yet, or terminating endpoints in
+        use)."""
+        if not self._serving or self._told is not self._serving:
+            return None
+        self._terminating.forget()
+        return self._serving.take_changes()
 
     def missing_port(self) -> str | None:
         """Why the set is empty when the cause is the target's port name, else None."""

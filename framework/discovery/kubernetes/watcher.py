@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ...backoff import Backoff
-from ..endpoint import Endpoint
+from ..resolver import Listener
 from .api import Expired, SliceApi, StreamCut, WatchEnded, connect, explain, status_message
 from .slices import Json, ServiceSlices, resource_version
 from .target import KubeTarget
@@ -36,19 +36,17 @@ class SliceWatcher:
         self,
         target: KubeTarget,
         name: str,
-        update: Callable[[frozenset[Endpoint]], None],
-        error: Callable[[str], None],
+        listener: Listener,
         *,
         backoff: Backoff,
         connect: Callable[[], ApiClient] = connect,
     ) -> None:
         self.target, self.name = target, name
-        self._update, self._error = update, error
+        self._listener = listener
         self._backoff = backoff
         self._connect = connect
         self._slices = ServiceSlices(target.service, target.port)
         self._version: str | None = None  # where the next watch starts; None: list first
-        self._published: frozenset[Endpoint] | None = None
         self._watched_since_list = False
         self._missing_port: str | None = None
         self._last_error: str | None = None
@@ -106,7 +104,7 @@ class SliceWatcher:
         self._version = version
         self._watched_since_list = False
         self._last_error = None  # a new failure after this deserves a new report
-        self._publish()
+        self._publish(whole=True)
 
     def _watch(self, api: SliceApi) -> None:
         started, events = time.monotonic(), 0
@@ -146,16 +144,21 @@ class SliceWatcher:
             self._publish()
 
     # -- reporting ----------------------------------------------------------------------------
-    def _publish(self) -> None:
-        endpoints = self._slices.endpoints()
-        if endpoints != self._published or _places(endpoints) != _places(self._published):
-            self._published = endpoints
-            self._update(endpoints)
+    def _publish(self, whole: bool = False) -> None:
+        """Tell the listener what changed: after an event, in the work of its slice; after a
+        list (``whole``), the whole set if it differs from the last one told."""
+        changes = None if whole else self._slices.take_changes()
+        if changes is None:
+            endpoints = self._slices.take_all()
+            if endpoints is not None:
+                self._listener.update(endpoints)
+        elif changes[0] or changes[1]:
+            self._listener.change(*changes)
         missing = self._slices.missing_port()
         if missing != self._missing_port:  # a state, reported when it starts
             self._missing_port = missing
             if missing and not self._stopping.is_set():
-                self._error(f"{self.name}: {missing}")
+                self._listener.error(f"{self.name}: {missing}")
 
     def _healthy(self) -> None:
         """The API server answers: the next failure is reported and retried quickly."""
@@ -171,7 +174,7 @@ class SliceWatcher:
         message = f"{self.name}: {problem}"
         if message != self._last_error and not self._stopping.is_set():
             self._last_error = message
-            self._error(message)
+            self._listener.error(message)
 
     def _forget_client_after(self, error: Exception) -> None:
         """After a credentials problem, load the configuration again: tokens get rotated."""
@@ -181,9 +184,3 @@ class SliceWatcher:
 
     def _host(self) -> str:
         return self._api.host if self._api is not None else ""
-
-
-def _places(endpoints: frozenset[Endpoint] | None) -> dict[Endpoint, tuple[object, ...]]:
-    """Zone and hints by endpoint: endpoints compare by address alone, and a changed hint is
-    news to zone-aware routing."""
-    return {e: (e.zone, e.for_zones) for e in endpoints or ()}
