@@ -1,8 +1,9 @@
 """The worker thread's loop: list, then watch from the list's resourceVersion, forever.
 
-It keeps every slice of the service and reports the merged set only when it changes. Errors are
-reported and retried with jittered backoff while the last set stays; only the API server's own
-answer (a list, or watch events) ever changes the set, so an error never empties it.
+It keeps every slice of the service and reports what an event changed (after a list, the merged
+set if it differs from the last one reported). Errors are reported and retried with jittered
+backoff while the last set stays; only the API server's own answer (a list, or watch events)
+ever changes the set, so an error never empties it.
 """
 
 from __future__ import annotations
