@@ -18,9 +18,10 @@ import time
 from .report import Result, machine, render
 
 SCENARIOS = ("client_overhead", "server_overhead", "proxy", "balance", "convergence", "scale",
-             "startup", "sync_client", "server_bisect")  # fmt: skip
+             "startup", "sync_client", "server_bisect", "instructions")  # fmt: skip
 TIMEOUT = {"quick": 60.0, "full": 150.0}  # seconds per scenario
-FULL_TIMEOUT = {"server_bisect": 420.0}  # scenarios that take longer than that in a full run
+# scenarios that take longer than that in a full run
+FULL_TIMEOUT = {"server_bisect": 420.0, "instructions": 300.0}
 
 
 def run_scenario(name: str, quick: bool) -> Result:

@@ -91,17 +91,21 @@ async def server_side(rounds: int, calls: int, concurrency: int) -> dict:
         return await measure(channels, rounds, calls, concurrency, pids)
 
 
-class _FakeServicerContext:
-    """Just what the server chain asks of grpc's context for an OK call."""
+class FakeServicerContext:
+    """Just what the server chain asks of grpc's context for an OK call (``deadline``: the
+    seconds it has left, None for none)."""
 
-    def time_remaining(self) -> None:
-        return None
+    def __init__(self, deadline: float | None = None) -> None:
+        self._deadline = deadline
+
+    def time_remaining(self) -> float | None:
+        return self._deadline
 
     def code(self) -> None:
         return None
 
 
-async def _echo(request: object, context: object) -> object:
+async def echo(request: object, context: object) -> object:
     return request
 
 
@@ -117,7 +121,7 @@ async def chain_cost(calls: int = 50_000) -> dict[str, float]:
     name = "/greeter.v1.Greeter/SayHello"
     with ThreadPoolExecutor(1) as executor:
         server = wrap_method_handler(
-            name, grpc.unary_unary_rpc_method_handler(_echo),
+            name, grpc.unary_unary_rpc_method_handler(echo),
             server_middleware(gz.ServerSettings()), executor,
         ).unary_unary  # fmt: skip
     method = Method(name, Kind.UNARY_UNARY, "client")
@@ -126,9 +130,9 @@ async def chain_cost(calls: int = 50_000) -> dict[str, float]:
         return request
 
     client = compose(client_middleware(gz.ClientSettings()), method, endpoint)
-    context = _FakeServicerContext()
+    context = FakeServicerContext()
     runs = {
-        "none": lambda: _echo(1, context),
+        "none": lambda: echo(1, context),
         "server defaults": lambda: server(1, context),
         "client defaults": lambda: client(CallContext(method, []), 1),
     }

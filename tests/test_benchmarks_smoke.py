@@ -46,3 +46,11 @@ def test_quick_json_run_of_four_scenarios_has_the_documented_shape():
         assert {"rps", "server_cpu_s_per_1k", "rps_ratio", "server_cpu_ratio",
                 "rounds_rerun"} <= row.keys()  # fmt: skip
     assert any("answered SayHello correctly" in n for n in report["scenarios"][3]["notes"])
+
+
+def test_the_instruction_counts_child_makes_calls_through_each_chain():
+    """Scenario 10 runs its child under valgrind; the child itself must work without it."""
+    for side in ("server", "client"):
+        command = [sys.executable, "-m", "benchmarks.instructions", "--child", side, "50"]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr

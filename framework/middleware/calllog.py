@@ -8,7 +8,6 @@ written with the call's span current, so it carries trace_id and span_id as ever
 from __future__ import annotations
 
 import logging
-import time
 
 import grpc
 
@@ -33,11 +32,8 @@ class CallLog(CallObserver):
     def __init__(self, slow: float = 0.5) -> None:
         self.slow = slow
 
-    def begin(self, ctx: CallContext) -> float:
-        return time.perf_counter()
-
-    def end(self, ctx: CallContext, started: float, error: BaseException | None) -> None:
-        duration = time.perf_counter() - started
+    def end(self, ctx: CallContext, token: None, error: BaseException | None) -> None:
+        duration = ctx.elapsed()
         code = call_code(ctx, error)
         if code is OK and duration < self.slow:
             return
@@ -48,8 +44,9 @@ class CallLog(CallObserver):
             "code": code.name,
             "duration_ms": round(duration * 1000, 3),
         }
-        if "error_id" in ctx.state:
-            fields["error_id"] = ctx.state["error_id"]
+        error_id = ctx.state.get("error_id")
+        if error_id is not None:
+            fields["error_id"] = error_id
         what = "slow call" if code is OK else "call failed"
         level = logging.ERROR if code in SERVICE_FAULTS else logging.WARNING
         details = " ".join(f"{key}={value}" for key, value in fields.items())

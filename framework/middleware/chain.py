@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,9 +54,15 @@ class Method:
 class CallContext:
     """One call as middleware sees it. On the client, ``metadata`` and ``deadline`` are what will
     be sent and may be changed; on the server they are what arrived, and ``servicer_context`` is
-    grpc's own context."""
+    grpc's own context.
 
-    __slots__ = ("_metadata", "_peer", "deadline", "method", "options", "servicer_context", "state")
+    ``started`` is time.perf_counter() when the call began, and ``elapsed()`` the seconds since
+    then as its end is told: one clock read per call for every observer that times it."""
+
+    __slots__ = (
+        "_ended", "_metadata", "_options", "_peer", "_state", "deadline", "method",
+        "servicer_context", "started", "status",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -71,8 +78,37 @@ class CallContext:
         self.deadline = deadline  # time.monotonic() when the call must be done, or None
         self._peer = peer
         self.servicer_context = servicer_context
-        self.options = options if options is not None else {}
-        self.state: dict[str, Any] = {}  # free for middleware to share values per call
+        self._options = options
+        self._state: dict[str, Any] | None = None  # made when first used: most calls never do
+        self.started = time.perf_counter()
+        self._ended: float | None = None
+        # the status code of a call that raised nothing, once outcome.call_code decided it
+        self.status: grpc.StatusCode | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Client: the keyword arguments of the grpc call (wait_for_ready, compression...)."""
+        if self._options is None:
+            self._options = {}
+        return self._options
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Free for middleware to share values per call."""
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+    @state.setter
+    def state(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def elapsed(self) -> float:
+        """Seconds from ``started`` to the call's end: the clock is read by the first observer
+        that asks as the call ends, and the others get the same figure."""
+        if self._ended is None:
+            self._ended = time.perf_counter()
+        return self._ended - self.started
 
     @property
     def metadata(self) -> list[tuple[str, str | bytes]]:

@@ -15,9 +15,9 @@ import contextvars
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc._cython import cygrpc
@@ -36,6 +36,7 @@ from .chain import (
     end_all,
     observers_only,
 )
+from .recovery import Recovery, recover
 
 _BEHAVIOR_FIELDS = {
     Kind.UNARY_UNARY: "unary_unary",
@@ -62,11 +63,14 @@ def wrap_method_handler(
     if kind.response_streaming:
         behavior = _stream_behavior(method, compose_bound(bound, method, endpoint))
     else:
-        # The leading observers (the defaults: tracing, metrics, call log, deadline) run in
-        # the behavior's own coroutine, as compose() would run them in a layer of their own.
+        # The leading observers (the defaults: tracing, metrics, call log, deadline) and a
+        # Recovery right after them run in the behavior's own coroutine, as compose() would
+        # run them in layers of their own.
         observers = _leading_observers(bound, method)
-        inner = compose_bound(bound[len(observers) :], method, endpoint)
-        behavior = _unary_behavior(method, observers, inner)
+        rest = bound[len(observers) :]
+        recovers = bool(rest) and type(rest[0]) is Recovery
+        inner = compose_bound(rest[recovers:], method, endpoint)
+        behavior = _unary_behavior(method, observers, inner, recover if recovers else _reraise)
     return handler._replace(**{field: behavior})  # grpc's RpcMethodHandler is a namedtuple
 
 
@@ -84,16 +88,27 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+async def _reraise(ctx: CallContext, error: Exception) -> NoReturn:
+    raise error
+
+
 def _unary_behavior(
-    method: Method, observers: tuple[CallObserver, ...], chain: UnaryHandler
+    method: Method,
+    observers: tuple[CallObserver, ...],
+    chain: UnaryHandler,
+    recover: Callable[[CallContext, Exception], Awaitable[NoReturn]],
 ) -> Callable[..., Any]:
     """grpc's handler for a method with one response: ``observers`` begin and end around
-    ``chain`` (what _Observers.unary does, without a coroutine of its own per call)."""
+    ``chain`` and ``recover`` (what _Observers.unary and Recovery.unary do, without a coroutine
+    of their own per call)."""
     if not observers:
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             ctx = CallContext(method, None, _deadline(context), servicer_context=context)
-            return await chain(ctx, request)
+            try:
+                return await chain(ctx, request)
+            except Exception as error:
+                await recover(ctx, error)
 
         return behavior
 
@@ -101,7 +116,10 @@ def _unary_behavior(
         ctx = CallContext(method, None, _deadline(context), servicer_context=context)
         tokens = begin_all(observers, ctx)
         try:
-            response = await chain(ctx, request)
+            try:
+                response = await chain(ctx, request)
+            except Exception as error:
+                await recover(ctx, error)
         except BaseException as error:
             end_all(observers, ctx, tokens, error)
             raise

@@ -79,11 +79,14 @@ class MethodStats:
         """Calls ended, by status code (a copy: the copy of a dict is atomic, no lock needed)."""
         return {_CODES[key]: count for key, count in dict(self.handled_by_id).items()}
 
-    def observe(self, seconds: float) -> int:
-        """Count a call; its bucket's index."""
+    def observe(self, seconds: float, code: grpc.StatusCode) -> int:
+        """Count a call that ended with ``code`` (the caller holds ``lock``); its bucket's
+        index."""
         bucket = bisect.bisect_left(self.bounds, seconds)
         self.buckets[bucket] += 1
         self.sum += seconds
+        handled, key = self.handled_by_id, id(code)
+        handled[key] = handled.get(key, 0) + 1
         return bucket
 
     def exemplar(self, bucket: int, span: Any, seconds: float, at: float) -> None:
@@ -220,7 +223,10 @@ class Metrics(Middleware):
 
     def for_method(self, method: Method) -> Middleware:
         exemplars = tracer_provider() is not None if self._exemplars is None else self._exemplars
-        observer = _UnaryMetrics if method.kind is Kind.UNARY_UNARY else _StreamingMetrics
+        if method.kind is not Kind.UNARY_UNARY:
+            observer: type[_UnaryMetrics] = _StreamingMetrics
+        else:
+            observer = _ServerUnaryMetrics if method.side == "server" else _UnaryMetrics
         return observer(method, collector().stats(method, self._buckets), exemplars)
 
 
@@ -236,33 +242,39 @@ class _UnaryMetrics(CallObserver):
         self._one_request = not method.kind.request_streaming  # counted as the call begins
         self._one_response = not method.kind.response_streaming  # counted as it ends well
 
-    def begin(self, ctx: CallContext) -> float:
+    # Every call pays for these: the lock is taken with acquire() and a try, which costs less
+    # than ``with`` (no __exit__ call).
+    def begin(self, ctx: CallContext) -> None:
         stats = self.stats
-        retry = ATTEMPT in ctx.state and ctx.state[ATTEMPT] > 1
-        with stats.lock:
+        retry = self._client and ctx.state.get(ATTEMPT, 1) > 1
+        lock = stats.lock
+        lock.acquire()
+        try:
             stats.started += 1
             if self._one_request:
                 self._count_request()
             if retry:
                 stats.retries += 1
-        return time.perf_counter()
+        finally:
+            lock.release()
 
-    def end(self, ctx: CallContext, started: float, error: BaseException | None) -> None:
+    def end(self, ctx: CallContext, token: None, error: BaseException | None) -> None:
         stats = self.stats
-        now = time.perf_counter()
-        seconds = now - started
+        seconds = ctx.elapsed()
         code = call_code(ctx, error)
         peer = ctx.peer if self._client else None
-        with stats.lock:
-            bucket = stats.observe(seconds)
-            handled, key = stats.handled_by_id, id(code)
-            handled[key] = handled.get(key, 0) + 1
+        lock = stats.lock
+        lock.acquire()
+        try:
+            bucket = stats.observe(seconds, code)
             if peer is not None:
                 stats.picks[peer] = stats.picks.get(peer, 0) + 1
             if error is None and self._one_response:
                 self._count_response()
-            if self._exemplars and (span := ctx.state.get(SPAN)) is not None:
-                stats.exemplar(bucket, span, seconds, now)
+        finally:
+            lock.release()
+        if self._exemplars and (span := ctx.state.get(SPAN)) is not None:
+            stats.exemplar(bucket, span, seconds, ctx.started + seconds)
 
     # The message counts; the caller holds stats.lock.
     def _count_response(self) -> None:
@@ -284,6 +296,26 @@ class _UnaryMetrics(CallObserver):
     def _request_message(self) -> None:
         with self.stats.lock:
             self._count_request()
+
+
+class _ServerUnaryMetrics(_UnaryMetrics):
+    """A server's unary-unary method: _UnaryMetrics's end with its choices made once, as every
+    server call pays for it."""
+
+    def end(self, ctx: CallContext, token: None, error: BaseException | None) -> None:
+        stats = self.stats
+        seconds = ctx.elapsed()
+        code = call_code(ctx, error)
+        lock = stats.lock
+        lock.acquire()
+        try:
+            bucket = stats.observe(seconds, code)
+            if error is None:
+                stats.sent += 1
+        finally:
+            lock.release()
+        if self._exemplars and (span := ctx.state.get(SPAN)) is not None:
+            stats.exemplar(bucket, span, seconds, ctx.started + seconds)
 
 
 class _StreamingMetrics(_UnaryMetrics):
@@ -312,15 +344,15 @@ class _StreamingMetrics(_UnaryMetrics):
     async def stream(self, ctx: CallContext, request: Any, call_next: Any) -> AsyncIterator[Any]:
         if not self._one_request:
             request = self._counted_requests(request)
-        started = self.begin(ctx)
+        self.begin(ctx)
         try:
             async for response in call_next(ctx, request):
                 self._response()
                 yield response
         except BaseException as error:  # GeneratorExit too: the consumer stopped early
-            self.end(ctx, started, error)
+            self.end(ctx, None, error)
             raise
-        self.end(ctx, started, None)
+        self.end(ctx, None, None)
 
 
 @functools.cache

@@ -26,7 +26,18 @@ GO_CODE_NAMES[OK] = "OK"
 
 
 def call_code(ctx: CallContext, error: BaseException | None) -> grpc.StatusCode:
-    """The status code the call ended with; ``error`` is what its chain raised, if anything."""
+    """The status code the call ended with; ``error`` is what its chain raised, if anything.
+    For a call that raised nothing it is decided once, for every observer of its end (the
+    common case); an error is not kept in ``ctx``: its traceback would keep the call's frames,
+    and a handler's generator in them, alive until a garbage collection."""
+    if error is None:
+        if ctx.status is None:
+            ctx.status = _decide(ctx, None)
+        return ctx.status
+    return _decide(ctx, error)
+
+
+def _decide(ctx: CallContext, error: BaseException | None) -> grpc.StatusCode:
     if ctx.servicer_context is not None:  # server side
         if error is None or isinstance(error, Exception):
             code = ctx.servicer_context.code()  # what the handler set, or None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -32,18 +32,24 @@ class Recovery(Middleware):
         try:
             return await call_next(ctx, request)
         except Exception as error:
-            if status_chosen(ctx, error):
-                raise
-            await _abort(ctx, error)
+            await recover(ctx, error)
 
     async def stream(self, ctx: CallContext, request: Any, call_next: StreamHandler) -> Any:
         try:
             async for response in call_next(ctx, request):
                 yield response
         except Exception as error:
-            if status_chosen(ctx, error):
-                raise
-            await _abort(ctx, error)
+            await recover(ctx, error)
+
+
+async def recover(ctx: CallContext, error: Exception) -> NoReturn:
+    """Raise what ``error`` becomes: itself when the handler chose the call's status, else
+    grpc's abort with INTERNAL and an error id (called in the except block that caught it;
+    server handlers run it inline, with no layer of Recovery's own, see handlers.py)."""
+    if status_chosen(ctx, error):
+        raise error
+    await _abort(ctx, error)
+    raise AssertionError("unreachable: grpc's abort() raises")  # pragma: no cover
 
 
 def status_chosen(ctx: CallContext, error: Exception) -> bool:
