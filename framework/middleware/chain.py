@@ -210,21 +210,64 @@ def end_all(
         observers[index].end(ctx, tokens[index], error)
 
 
+Beginning = Callable[[CallContext], list[Any]]
+Ending = Callable[[CallContext, list[Any], "BaseException | None"], None]
+
+
+def beginning(observers: Sequence[CallObserver]) -> Beginning:
+    """begin_all() made once per chain: the begins bound beforehand, and the base class's
+    no-op ``begin`` left out (its token is None)."""
+    starters = [
+        (index, observer.begin)
+        for index, observer in enumerate(observers)
+        if type(observer).begin is not CallObserver.begin
+    ]
+    count = len(observers)
+
+    def begin(ctx: CallContext) -> list[Any]:
+        tokens: list[Any] = [None] * count
+        for index, begin_one in starters:
+            try:
+                tokens[index] = begin_one(ctx)
+            except BaseException as error:
+                end_all(observers, ctx, tokens[:index], error)
+                raise
+        return tokens
+
+    return begin
+
+
+def ending(observers: Sequence[CallObserver]) -> Ending:
+    """end_all() for a call that ``observers`` all began, made once per chain: the ends bound
+    beforehand, and the base class's no-op ``end`` left out."""
+    enders = [
+        (index, observer.end)
+        for index, observer in enumerate(observers)
+        if type(observer).end is not CallObserver.end
+    ][::-1]
+
+    def end(ctx: CallContext, tokens: list[Any], error: BaseException | None) -> None:
+        for index, end_one in enders:
+            end_one(ctx, tokens[index], error)
+
+    return end
+
+
 class _Observers(Middleware):
     """Consecutive plain observers of one chain as one layer: one coroutine for all of them."""
 
     def __init__(self, observers: Sequence[CallObserver]) -> None:
         self.observers = tuple(observers)
+        self._begin, self._end = beginning(self.observers), ending(self.observers)
 
     async def unary(self, ctx: CallContext, request: Any, call_next: UnaryHandler) -> Any:
-        observers = self.observers
-        tokens = begin_all(observers, ctx)
+        tokens = self._begin(ctx)
         try:
             response = await call_next(ctx, request)
         except BaseException as error:
-            end_all(observers, ctx, tokens, error)
+            self._end(ctx, tokens, error)
             raise
-        end_all(observers, ctx, tokens, None)
+        self._end(ctx, tokens, None)
         return response
 
     async def stream(

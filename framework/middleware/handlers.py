@@ -30,10 +30,10 @@ from .chain import (
     Middleware,
     StreamHandler,
     UnaryHandler,
-    begin_all,
+    beginning,
     bind,
     compose_bound,
-    end_all,
+    ending,
     observers_only,
 )
 from .recovery import Recovery, recover
@@ -112,18 +112,20 @@ def _unary_behavior(
 
         return behavior
 
+    begin, end = beginning(observers), ending(observers)
+
     async def observed_behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
         ctx = CallContext(method, None, _deadline(context), servicer_context=context)
-        tokens = begin_all(observers, ctx)
+        tokens = begin(ctx)
         try:
             try:
                 response = await chain(ctx, request)
             except Exception as error:
                 await recover(ctx, error)
         except BaseException as error:
-            end_all(observers, ctx, tokens, error)
+            end(ctx, tokens, error)
             raise
-        end_all(observers, ctx, tokens, None)
+        end(ctx, tokens, None)
         return response
 
     return observed_behavior
