@@ -23,7 +23,7 @@ import grpc
 
 from ..discovery import Endpoint, Resolver
 from ..middleware import CallContext, Kind, Method, Middleware
-from ..middleware.chain import begin_all, bind, compose_bound, observers_only
+from ..middleware.chain import beginning, bind, compose_bound, ending, observers_only
 from ..middleware.outcome import end_observers
 from ..middleware.retry import TRIED_PEERS, Retry, idempotent_override
 from ..tls import open_channel
@@ -277,6 +277,7 @@ class _MultiCallable:
         observers = observers_only(bound, self.method) if self._unary else None
         self._direct = observers is not None if self._unary else not bound and retry is None
         self._observers = observers or ()
+        self._begin, self._end = beginning(self._observers), ending(self._observers)
         # What attempts after the first run through: the observers, then the endpoint.
         self.attempt_handler = compose_bound(self._observers, self.method, self.unary_endpoint)
         self.retry = retry if self._direct else None
@@ -307,11 +308,11 @@ class _MultiCallable:
         if self._observers:
             deadline = None if timeout is None else time.monotonic() + timeout
             ctx = CallContext(self.method, list(metadata or ()), deadline, subchannel.peer)
-            tokens = begin_all(self._observers, ctx)
+            tokens = self._begin(ctx)
             sent_metadata, deadline = ctx.metadata or None, ctx.deadline
             if deadline is not None:
                 timeout = max(0.0, deadline - time.monotonic())
-            on_end = functools.partial(end_observers, self._observers, ctx, tokens)
+            on_end = functools.partial(end_observers, self._end, ctx, tokens)
         call = callable_(request, timeout=timeout, metadata=sent_metadata, credentials=credentials,
                          wait_for_ready=wait_for_ready, compression=compression)  # fmt: skip
         now = subchannel.track(call, self._unary, on_end)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ..middleware import CallContext, CallObserver, Kind, Method, Middleware
-from ..middleware.chain import begin_all, bind, end_all
+from ..middleware.chain import beginning, bind, ending
 from ..middleware.outcome import end_observers
 from ..middleware.retry import ATTEMPT, IDEMPOTENT, TRIED_PEERS, idempotent_override
 from .subchannel import Subchannel
@@ -75,6 +75,7 @@ class SyncMultiCallable:
         # channel, so that the loop's objects never keep an unclosed channel alive.
         self._key = object()
         self.observers = sync_observers(channel._middleware, self.method)
+        self._begin, self._end = beginning(self.observers), ending(self.observers)
         # Observers that count a stream's messages (metrics): streams pass through syncstream.py
         streaming = kind is not Kind.UNARY_UNARY
         self._counters = tuple(
@@ -102,12 +103,12 @@ class SyncMultiCallable:
         ctx = CallContext(self.method, list(metadata or ()), deadline, peer)
         if state is not None:
             ctx.state = state
-        return ctx, begin_all(self.observers, ctx)
+        return ctx, self._begin(ctx)
 
     def fail(self, begun: Begun | None, error: BaseException) -> None:
         """End the observers of an attempt that failed before grpc made a call."""
         if begun is not None:
-            end_all(self.observers, begun[0], begun[1], error)
+            self._end(begun[0], begun[1], error)
 
     # -- calls that run on --------------------------------------------------------------------
     def start(self, request: Any, timeout: float | None, extras: Extras, how: str) -> Any:
@@ -150,13 +151,13 @@ class SyncMultiCallable:
             subchannel.sync_call_ended(started, False, grpc.StatusCode.UNKNOWN)
             self.fail(begun, error)
             raise
-        observers, unary = self.observers, self._unary
+        end, unary = self._end, self._unary
 
         def ended(call: Any) -> None:
             code = call.code()
             subchannel.sync_call_ended(started, unary, code)
             if ctx is not None:
-                end_observers(observers, ctx, tokens, code)  # type: ignore[arg-type]
+                end_observers(end, ctx, tokens, code)  # type: ignore[arg-type]
 
         call.add_done_callback(ended)
         if counters and self.method.kind.response_streaming:
@@ -235,7 +236,7 @@ class SyncMultiCallable:
                 raise
             subchannel.sync_call_ended(started, self._unary, OK)
             if ctx is not None:
-                end_all(self.observers, ctx, tokens, None)  # type: ignore[arg-type]
+                self._end(ctx, tokens, None)  # type: ignore[arg-type]
             return result
 
 

@@ -26,6 +26,7 @@ class Tally:
         self._latest: dict[Endpoint, Endpoint] = {}  # the object last named, for zone and hints
         self._told: dict[Endpoint, Place] = {}  # what the listener last heard, with places
         self._touched: set[Endpoint] = set()  # named or unnamed since then
+        self._ever_told = False
 
     def __len__(self) -> int:
         return len(self._times)
@@ -77,13 +78,15 @@ class Tally:
         return added, removed
 
     def take_all(self, again: bool = False) -> frozenset[Endpoint] | None:
-        """The whole set for Listener.update, or None if it is as told (``again``: even so)."""
+        """The whole set for Listener.update, or None if it is as told (``again``: even so).
+        The first set is always told, empty or not: a listener tells "no endpoints yet" from
+        "the target has none" by it."""
         current = self.current()
         told = {e: _place(e) for e in current}
         self._touched.clear()
-        if told == self._told and not again:
+        if told == self._told and self._ever_told and not again:
             return None
-        self._told = told
+        self._told, self._ever_told = told, True
         return current
 
     def forget(self) -> None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
-from .chain import CallContext, CallObserver, end_all
+from .chain import CallContext, Ending
 
 OK = grpc.StatusCode.OK
 
@@ -71,8 +70,7 @@ class CallEnded(grpc.RpcError):
         return self._code
 
 
-def end_observers(
-    observers: Sequence[CallObserver], ctx: CallContext, tokens: list[Any], code: grpc.StatusCode
-) -> None:
-    """End every observer of a call watched from outside a chain, given its status."""
-    end_all(observers, ctx, tokens, None if code is OK else CallEnded(code))
+def end_observers(end: Ending, ctx: CallContext, tokens: list[Any], code: grpc.StatusCode) -> None:
+    """End the observers of a call watched from outside a chain, given its status (``end``:
+    chain.ending() of the observers)."""
+    end(ctx, tokens, None if code is OK else CallEnded(code))
