@@ -202,14 +202,19 @@ class SyncBalancedChannel(MultiCallables, grpc.Channel):
 
     def _deliver(self, callback: Callable[[grpc.ChannelConnectivity], None],
                  inner: BalancedChannel) -> None:  # fmt: skip
-        """In the loop: the current state to a new subscriber; the first starts the watch."""
-        _notify(callback, inner.get_state())
+        """In the loop: the current state to a new subscriber; the first starts the watch,
+        from that state: a change before the watch task runs is then told too (READY reached
+        in between would otherwise never reach grpc.channel_ready_future)."""
+        state = inner.get_state()
+        _notify(callback, state)
         if not self._watching:
             self._watching = True
-            inner._pool.loop.create_task(self._watch_connectivity(inner))  # type: ignore[union-attr]
+            watch = self._watch_connectivity(inner, state)
+            inner._pool.loop.create_task(watch)  # type: ignore[union-attr]
 
-    async def _watch_connectivity(self, inner: BalancedChannel) -> None:
-        state = inner.get_state()
+    async def _watch_connectivity(
+        self, inner: BalancedChannel, state: grpc.ChannelConnectivity
+    ) -> None:
         while not self._closed and inner is self._inner:
             await inner.wait_for_state_change(state)
             state = inner.get_state()
