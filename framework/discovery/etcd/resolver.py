@@ -163,9 +163,6 @@ class PrefixCache:
             self._warned[key] = mark
             self.skipped.add(key, value)
 
-    def endpoints(self) -> frozenset[Endpoint]:
-        return self.tally.current()
-
 
 class EtcdResolver(Resolver):
     def __init__(self, config: EtcdConfig, key: str, *, target: str = "") -> None:
