@@ -312,6 +312,14 @@ Example: gz kube headless --name greeter --image greeter:0.1.0 -o deploy/""",
     help="The autoscaler's minReplicas (the Deployment leaves replicas to it).",
 )
 @click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes per pod (GZ_WORKERS=auto with a CPU limit of that many cores), each also on "
+    "its own port --port + 1 + I, named grpc-wI.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path, file_okay=False),

@@ -42,7 +42,10 @@ from .kube_objects import (
     image_version,
     metadata,
     prestop_sleep,
+    resources,
     service,
+    worker_container_ports,
+    worker_ports,
 )
 from .names import kube_name, namespace_name, secret_name, service_account_name
 
@@ -114,6 +117,7 @@ class KubeSpec:
     client_image: str = ""  # envoy-sidecar: default --image; endpoints: "" writes no client
     metrics_port: int | None = 9090  # GZ_METRICS_PORT: /metrics, /healthz, /readyz over HTTP
     service_account: str = ""  # the service's pods run as it, token mounted (k8s:// inside)
+    workers: int = 1  # GZ_WORKERS processes per pod of the service, each on a port of its own
 
     @property
     def host(self) -> str:
@@ -172,18 +176,39 @@ def client_target(spec: KubeSpec) -> str:
 
 def _pod_ports(spec: KubeSpec) -> list[list[tuple[int, str, str | None]]]:
     """The ports each kind of pod listens on: (port, what it is, the option that sets it)."""
-    app: list[tuple[int, str, str | None]] = [(spec.port, "--port", "--port")]
+    client: list[tuple[int, str, str | None]] = [(spec.port, "--port", "--port")]
     if spec.metrics_port:
-        app.append((spec.metrics_port, "--metrics-port", "--metrics-port"))
+        client.append((spec.metrics_port, "--metrics-port", "--metrics-port"))
+    # the service's workers listen beside --port: moved with it
+    workers = [(n, f"the worker port {name}", "--port") for name, n in _worker_ports(spec)]
+    app = [client[0], *workers, *client[1:]]
     admin = (envoy.ADMIN_PORT, "Envoy's admin port", None)
     if spec.mode == "envoy":  # the Envoy pods listen on --port too
         return [app, [(spec.port, "--port", "--port"), admin]]
     if spec.mode == "envoy-sidecar":
         listener = (_sidecar_port(spec), "the sidecar Envoy's listener", None)
-        return [app, [*app, listener, admin]]
+        return [app, [*client, listener, admin]]
     if spec.mode == "mesh":
         return [[*app, *((port, "a port of the Istio sidecar", None) for port in ISTIO_PORTS)]]
     return [app]
+
+
+def _worker_ports(spec: KubeSpec) -> list[tuple[str, int]]:
+    return worker_ports(spec.port, spec.workers)
+
+
+def _check_workers(spec: KubeSpec) -> None:
+    if spec.workers < 1:
+        raise BadInput(
+            f"--workers {spec.workers}: a pod runs at least 1 worker process "
+            "(1, the default, runs the service as one process)"
+        )
+    last = spec.port + spec.workers
+    if spec.workers > 1 and last > 65535:
+        raise BadInput(
+            f"--workers {spec.workers} with --port {spec.port}: the worker ports would run to "
+            f"{last}, past 65535; pick a lower --port or fewer workers"
+        )
 
 
 def _check_ports_and_images(spec: KubeSpec) -> None:
@@ -229,6 +254,7 @@ _PROXY_HEALTH = {
 
 
 def build(spec: KubeSpec) -> list[Manifest]:
+    _check_workers(spec)
     _check_ports_and_images(spec)
     check_name(spec.name)
     kube_name(spec.client_name)
@@ -249,6 +275,8 @@ def build(spec: KubeSpec) -> list[Manifest]:
             "for k8s:// targets it\nneeds list and watch on endpointslices (gz kube endpoints "
             f"--client {spec.service_account} writes both)"
         )
+    if spec.workers > 1:
+        header += f"\n{_workers_note(spec)}"
     if advice(spec):
         header += f"\n{advice(spec)}"
     first = manifests[0]
@@ -256,12 +284,35 @@ def build(spec: KubeSpec) -> list[Manifest]:
     return [Manifest(first.object, notes), *manifests[1:]]
 
 
+def _workers_note(spec: KubeSpec) -> str:
+    """How the calls reach the workers of a pod, by mode."""
+    ports = ", ".join(f"{name} {number}" for name, number in _worker_ports(spec))
+    reach = {
+        "etcd": "all are registered in etcd, so etcd:/// clients spread calls over them",
+        "endpoints": "the Service lists them, so k8s:// clients make every worker an endpoint",
+    }.get(spec.mode, f"clients reach the shared port {spec.port}; the kernel spreads their "
+          "connections over the workers")  # fmt: skip
+    memory = {kind: amounts["memory"] for kind, amounts in resources(spec.workers).items()}
+    return (
+        f"GZ_WORKERS=auto: {spec.workers} processes per pod, one per core of its CPU limit "
+        f"(memory: requests {memory['requests']}, limits {memory['limits']}).\n"
+        f"Each also listens on its own port ({ports}): {reach}."
+    )
+
+
 # -- the server's Deployment, the same in every mode ------------------------------------------
 def app_container(
-    spec: KubeSpec, name: str, image: str, env: list[Object], mounts: Sequence[Object] = ()
+    spec: KubeSpec,
+    name: str,
+    image: str,
+    env: list[Object],
+    mounts: Sequence[Object] = (),
+    workers: int = 1,
 ) -> Object:
+    """A gz process's container; ``workers`` > 1 runs that many (GZ_WORKERS), each on a port
+    of its own beside --port, with a core each."""
     shutdown = spec.shutdown
-    ports, metrics = [grpc_port(spec.port)], []
+    ports, metrics = [grpc_port(spec.port), *worker_container_ports(spec.port, workers)], []
     if spec.metrics_port:
         ports.append({"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"})
         metrics = [env_value("GZ_METRICS_PORT", str(spec.metrics_port))]
@@ -272,6 +323,8 @@ def app_container(
         "env": [
             env_value("GZ_NAME", name),
             env_value("GZ_LISTEN", f"0.0.0.0:{spec.port}"),
+            # auto: as many as the CPU limit below allows
+            *([env_value("GZ_WORKERS", "auto")] if workers > 1 else []),
             *downward_env(),
             env_value("GZ_SHUTDOWN_DRAIN", format_duration(shutdown.drain)),
             env_value("GZ_SHUTDOWN_GRACE", format_duration(shutdown.grace)),
@@ -281,7 +334,7 @@ def app_container(
         ],
         **grpc_probes(spec.port, shutdown),
         "lifecycle": prestop_sleep(shutdown),
-        "resources": RESOURCES,
+        "resources": resources(workers),
         "securityContext": CONTAINER_SECURITY,
         **({"volumeMounts": list(mounts)} if mounts else {}),
     }
@@ -321,15 +374,18 @@ def app(
     **pod: Any,
 ) -> list[Manifest]:
     """The service's own Deployment: the only one that runs as --service-account."""
-    container = app_container(spec, spec.name, spec.image, list(env), mounts)
+    container = app_container(spec, spec.name, spec.image, list(env), mounts, spec.workers)
     pod_spec = app_pod(spec, [container], service_account=spec.service_account, **pod)
     return scaled(spec.server, spec, pod_spec, note=note)
 
 
-def _service(spec: KubeSpec, *, headless: bool, note: str = "") -> Manifest:
-    return Manifest(
-        service(spec.name, spec.namespace, spec.server, spec.port, headless=headless), note
+def _service(spec: KubeSpec, *, headless: bool, note: str = "", workers: int = 1) -> Manifest:
+    """``workers``: list the worker ports too (for k8s:// clients only: the others reach the
+    shared port)."""
+    obj = service(
+        spec.name, spec.namespace, spec.server, spec.port, headless=headless, workers=workers
     )
+    return Manifest(obj, note)
 
 
 # -- the seven modes ---------------------------------------------------------------------------
@@ -370,8 +426,13 @@ def _etcd_mode(spec: KubeSpec) -> list[Manifest]:
     ]
     users = f"etcd users come from the Secret {secret} (keys username and password)"
     users += ", if it exists." if optional else "."
+    registers = (
+        f"Each pod registers POD_IP:{spec.port}"
+        if spec.workers == 1
+        else f"Each worker registers POD_IP:<its port, {spec.port + 1} and up>"
+    )
     note = (
-        f"Each pod registers POD_IP:{spec.port} under {spec.name}/<lease> in etcd at\n"
+        f"{registers} under {spec.name}/<lease> in etcd at\n"
         f"{spec.etcd_endpoints} and revokes the lease on SIGTERM. {users}"
     )
     pod: dict[str, Any] = {}
@@ -401,7 +462,7 @@ def _endpoints_mode(spec: KubeSpec) -> list[Manifest]:
         note += f"\nSo may {spec.service_account}, the account {spec.name} itself runs as."
     return [
         *app(spec),
-        _service(spec, headless=True),
+        _service(spec, headless=True, workers=spec.workers),
         Manifest(rbac[0], note),
         *(Manifest(obj) for obj in rbac[1:]),
         *_endpoints_client(spec),

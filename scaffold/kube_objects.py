@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gz.discovery.kubernetes.ports import worker_port_name
+
 Object = dict[str, Any]
 
 NAME_LABEL = "app.kubernetes.io/name"
@@ -146,6 +148,28 @@ RESOURCES: Object = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
     "limits": {"cpu": "1", "memory": "256Mi"},
 }
+# what each worker process after the first adds to RESOURCES' memory, in Mi
+WORKER_MEMORY_REQUEST, WORKER_MEMORY_LIMIT = 64, 128
+
+
+def resources(workers: int = 1) -> Object:
+    """RESOURCES for one process. For several, a whole core each, requested as much as
+    limited: GZ_WORKERS=auto counts the cgroup's CPU limit, and a worker is one process on one
+    core, so fewer requested cores would leave workers fighting over them."""
+    if workers == 1:
+        return RESOURCES
+    extra, cpu = workers - 1, str(workers)
+    request = _mebibytes(RESOURCES["requests"]["memory"]) + WORKER_MEMORY_REQUEST * extra
+    limit = _mebibytes(RESOURCES["limits"]["memory"]) + WORKER_MEMORY_LIMIT * extra
+    return {
+        "requests": {"cpu": cpu, "memory": f"{request}Mi"},
+        "limits": {"cpu": cpu, "memory": f"{limit}Mi"},
+    }
+
+
+def _mebibytes(quantity: str) -> int:
+    return int(quantity.removesuffix("Mi"))
+
 
 CONTAINER_SECURITY: Object = {
     "allowPrivilegeEscalation": False,
@@ -156,6 +180,21 @@ CONTAINER_SECURITY: Object = {
 
 def grpc_port(port: int) -> Object:
     return {"name": "grpc", "containerPort": port, "protocol": "TCP"}
+
+
+def worker_ports(port: int, workers: int) -> list[tuple[str, int]]:
+    """(name, number) of each worker's own port when there are several: grpc-wI on
+    port + 1 + I, where GZ_WORKER_PORT's default puts worker I. One is no worker port at all."""
+    if workers == 1:
+        return []
+    return [(worker_port_name("grpc", i), port + 1 + i) for i in range(workers)]
+
+
+def worker_container_ports(port: int, workers: int) -> list[Object]:
+    return [
+        {"name": name, "containerPort": number, "protocol": "TCP"}
+        for name, number in worker_ports(port, workers)
+    ]
 
 
 @dataclass
@@ -240,18 +279,23 @@ def service(
     *,
     headless: bool,
     app_protocol: str = "kubernetes.io/h2c",
+    workers: int = 1,
 ) -> Object:
+    """``workers``: list each worker's port too, so its EndpointSlices carry them and
+    k8s:///name:grpc clients make every worker an endpoint."""
+    # named "grpc": k8s:///name:grpc finds it, and so does a bare name with GZ_DISCOVERY=k8s
+    named = [("grpc", port), *worker_ports(port, workers)]
     spec: Object = {
         "selector": app.selector,
-        # named "grpc": k8s:///name:grpc finds it, and so does a bare name with GZ_DISCOVERY=k8s
         "ports": [
             {
-                "name": "grpc",
-                "port": port,
-                "targetPort": "grpc",
+                "name": name,
+                "port": number,
+                "targetPort": name,
                 "protocol": "TCP",
                 "appProtocol": app_protocol,
             }
+            for name, number in named
         ],
     }
     if headless:

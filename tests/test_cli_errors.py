@@ -86,6 +86,7 @@ def test_commands_outside_a_project_say_so_with_one_prefix(command, tmp_path, mo
         ["run", "examples.greeter.server:Greeter", "--listen", "127.0.0.1"],
         ["settings", "examples.greeter.server:Nope"],
         ["kube", "nope", "--name", "a", "--image", "b"],
+        ["kube", "headless", "--name", "a", "--image", "b", "--workers", "0"],
         ["resolve"],
         ["resolve", "nope://x"],
         ["call", "direct:///127.0.0.1:1", "Method", "-H", "no colon"],

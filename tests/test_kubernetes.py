@@ -21,6 +21,7 @@ from gz.backoff import Backoff
 from gz.discovery import FORMS, Endpoint, TargetError, build_resolver, parse_target
 from gz.discovery.kubernetes import STOP_WAIT, KubernetesResolver, parse_kube_target
 from gz.discovery.kubernetes.api import explain
+from gz.discovery.kubernetes.slices import read_slice
 from gz.discovery.kubernetes.watcher import SliceWatcher
 
 from .kube_api import KubeApiServer, endpoint_slice
@@ -236,6 +237,102 @@ async def test_malformed_events_and_list_items_are_skipped_with_a_warning_naming
                  "a DELETED event without an object",
                  "an ADDED event without an object"):  # fmt: skip
         assert any(what in w and "'greeter'" in w for w in warnings), (what, warnings)
+
+
+# -- worker ports: grpc-w0, grpc-w1, ... beside grpc (GZ_WORKERS) --------------------------------
+def worker_ports(*indices: int, base: int = 8080) -> list[dict]:
+    """A slice's ports: grpc on base and grpc-wI on base + 1 + I for each of ``indices``."""
+    workers = [{"name": f"grpc-w{i}", "protocol": "TCP", "port": base + 1 + i} for i in indices]
+    return [{"name": "grpc", "protocol": "TCP", "port": base}, *workers]
+
+
+def places(recorder: Recorder) -> set[tuple[str, str | None, frozenset[str]]]:
+    return {(e.address, e.zone, e.for_zones) for e in recorder.updates[-1]}
+
+
+async def test_every_worker_port_of_a_named_port_is_an_endpoint(kube, monkeypatch):
+    monkeypatch.setenv("POD_NAMESPACE", NS)
+    addresses = ["10.0.0.1", "10.0.0.2"]
+    draining = ("10.0.0.3", {"ready": False, "serving": True, "terminating": True})
+    zones, hints = {"10.0.0.1": "zone-a", "10.0.0.2": "zone-b"}, {"10.0.0.1": ["zone-a"]}
+    with_workers = endpoint_slice("greeter-a", SERVICE, [*addresses, draining],
+                                  ports=worker_ports(0, 1), zones=zones, hints=hints)  # fmt: skip
+    kube.put_slice(NS, with_workers)
+    kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, ["10.0.0.4"]))  # no workers: as ever
+    workers = at(addresses, 8081) | at(addresses, 8082)
+    for target in (TARGET, f"k8s:///{SERVICE}:grpc"):
+        async with resolving(target) as seen:
+            await seen.wait_for_set(workers | at(["10.0.0.4"]))
+            assert not seen.errors
+            for port in (8081, 8082):  # each worker endpoint has its address's zone and hints
+                assert {("10.0.0.1", "zone-a", frozenset({"zone-a"})),
+                        ("10.0.0.2", "zone-b", frozenset())} == {
+                    (a.rpartition(":")[0], zone, hinted) for a, zone, hinted in places(seen)
+                    if a.endswith(f":{port}")
+                }  # fmt: skip
+    # the bare name resolves to the port named grpc, so it expands too
+    monkeypatch.setenv("GZ_DISCOVERY", "k8s")
+    recorder = Recorder()
+    task = asyncio.ensure_future(build_resolver(SERVICE).watch(recorder))
+    try:
+        await recorder.wait_for_set(workers | at(["10.0.0.4"]))
+        # when nothing else serves, the terminating address is used on every worker port too
+        unready = [(a, {"ready": False, "serving": False}) for a in addresses]
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, [*unready, draining],
+                                          ports=worker_ports(0, 1)))  # fmt: skip
+        kube.delete_slice(NS, "greeter-b")
+        await recorder.wait_for_set(at(["10.0.0.3"], 8081) | at(["10.0.0.3"], 8082))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_slice_that_drops_or_gains_worker_ports_pushes_only_that_change(kube):
+    addresses = ["10.0.0.1", "10.0.0.2"]
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, addresses, ports=worker_ports(0, 1)))
+    kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, ["10.0.0.9"]))
+    async with resolving() as seen:
+        await seen.wait_for_set(at(addresses, 8081) | at(addresses, 8082) | at(["10.0.0.9"]))
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, addresses, ports=worker_ports(0)))
+        await seen.wait_for_set(at(addresses, 8081) | at(["10.0.0.9"]))
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, addresses, ports=worker_ports()))
+        await seen.wait_for_set(at(addresses) | at(["10.0.0.9"]))
+        kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, addresses, ports=worker_ports(0)))
+        await seen.wait_for_set(at(addresses, 8081) | at(["10.0.0.9"]))
+        assert never_emptied(seen) and len(kube.lists) == 1 and not seen.errors
+    # after the list's whole set, each MODIFIED event was pushed as what it changed
+    assert len(seen.updates) == 1 + len(seen.changes)
+    assert [({e.address for e in added}, {e.address for e in removed})
+            for added, removed in seen.changes] == [
+        (set(), at(addresses, 8082)),
+        (at(addresses), at(addresses, 8081)),
+        (at(addresses, 8081), at(addresses)),
+    ]  # fmt: skip
+
+
+async def test_a_numbered_target_port_never_expands_to_worker_ports(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"], ports=worker_ports(0, 1)))
+    async with resolving(f"k8s://{NS}/{SERVICE}:8080") as seen:
+        await seen.wait_for_set(at(["10.0.0.1"], 8080))
+    async with resolving(f"k8s://{NS}/{SERVICE}:8082") as seen:  # one worker, dialled as is
+        await seen.wait_for_set(at(["10.0.0.1"], 8082))
+
+
+async def test_worker_ports_count_from_w0_and_a_gap_ends_them(kube: KubeApiServer):
+    kube.put_slice(NS, endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"], ports=worker_ports(0, 2)))
+    kube.put_slice(NS, endpoint_slice("greeter-b", SERVICE, ["10.0.0.2"], ports=worker_ports(1, 2)))
+    async with resolving() as seen:  # w0, w2: only w0; w1, w2 without w0: the grpc port
+        await seen.wait_for_set(at(["10.0.0.1"], 8081) | at(["10.0.0.2"], 8080))
+        assert not seen.errors
+
+
+def test_a_worker_port_without_a_number_ends_the_list_with_a_warning():
+    ports = worker_ports(0, 1, 2)
+    ports[2]["port"] = None  # grpc-w1
+    found = read_slice(endpoint_slice("greeter-a", SERVICE, ["10.0.0.1"], ports=ports), "grpc")
+    assert {e.address for e in found.serving} == at(["10.0.0.1"], 8081)
+    assert found.problems == ("has port 'grpc-w1' without a usable number (None)",)
 
 
 def test_an_unexpected_failure_is_not_blamed_on_the_network():

@@ -16,10 +16,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gz.discovery.kubernetes.slices import read_slice
 from gz.durations import parse_duration
 from gz.scaffold import kube
 from gz.settings import ServerSettings
 
+from .kube_api import endpoint_slice
 from .support import free_port, http_get, run_gz, say_hello, wait_until
 
 ENVOY = Path(sys.executable).parent / "envoy"
@@ -647,6 +649,108 @@ def test_every_option_applies_where_the_table_says():
         for mode in modes:
             manifests(mode, option, value)  # exits 0
     manifests("mesh", "--service-account", "caller", "--metrics-port", "9100")  # every mode
+
+
+# -- --workers: processes per pod ------------------------------------------------------------
+def ports_of(container: dict) -> dict[str, int]:
+    return {port["name"]: port["containerPort"] for port in container["ports"]}
+
+
+def service_ports(objects: list[dict], name: str = "greeter") -> list[tuple[str, int, str]]:
+    (service,) = [s for s in of_kind(objects, "Service") if s["metadata"]["name"] == name]
+    return [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]]
+
+
+@pytest.mark.parametrize("mode", list(kube.MODES))
+def test_workers_get_a_core_each_and_a_port_each(mode):
+    objects = manifests(mode, "--workers", "2", *EXTRA[mode])
+    for obj in objects:
+        validate(obj)
+    check_manifests(objects)
+    (container,) = pod_of(objects)["containers"]
+    assert env_of(container)["GZ_WORKERS"] == {"name": "GZ_WORKERS", "value": "auto"}
+    assert container["resources"] == {  # requests == limits: whole cores, auto counts them
+        "requests": {"cpu": "2", "memory": "192Mi"},
+        "limits": {"cpu": "2", "memory": "384Mi"},
+    }
+    assert ports_of(container) == {"grpc": 8080, "grpc-w0": 8081, "grpc-w1": 8082, "metrics": 9090}
+    assert container["readinessProbe"]["grpc"] == {"port": 8080}  # the shared port
+    (autoscaler,) = [h for h in of_kind(objects, "HorizontalPodAutoscaler")
+                     if h["metadata"]["name"] == "greeter"]  # fmt: skip
+    target = autoscaler["spec"]["metrics"][0]["resource"]["target"]
+    assert target == {"type": "Utilization", "averageUtilization": 70}  # of requests: still right
+    for deployment in of_kind(objects, "Deployment"):  # Envoy and clients: one process as ever
+        if deployment["metadata"]["name"] != "greeter":
+            for other in deployment["spec"]["template"]["spec"]["containers"]:
+                assert "GZ_WORKERS" not in env_of(other)
+                assert other["resources"] == kube.RESOURCES
+                assert not any(name.startswith("grpc-w") for name in ports_of(other))
+    # only k8s:// clients dial the workers' own ports; the others reach the shared one
+    if mode == "endpoints":
+        assert service_ports(objects) == [
+            ("grpc", 8080, "grpc"), ("grpc-w0", 8081, "grpc-w0"), ("grpc-w1", 8082, "grpc-w1")
+        ]  # fmt: skip
+    elif mode != "etcd":  # etcd: each worker registers itself, no Service
+        assert service_ports(objects) == [("grpc", 8080, "grpc")]
+    code, out, err = run_gz("kube", mode, "--name", "greeter", "--image", "g:1", "--workers", "2")
+    assert code == 0, err
+    header = out.split("apiVersion", 1)[0]  # the first object's comment says how calls spread
+    assert "# GZ_WORKERS=auto: 2 processes per pod" in header
+    assert ("every worker an endpoint" in header) == (mode == "endpoints")
+
+
+def test_one_worker_is_the_default_and_changes_nothing():
+    for extra in ((), ("--workers", "1")):
+        objects = manifests("endpoints", *extra)
+        (container,) = pod_of(objects)["containers"]
+        assert "GZ_WORKERS" not in env_of(container)
+        assert container["resources"] == {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"cpu": "1", "memory": "256Mi"},
+        }
+        assert ports_of(container) == {"grpc": 8080, "metrics": 9090}
+        assert service_ports(objects) == [("grpc", 8080, "grpc")]
+
+
+def test_more_workers_cost_a_core_and_memory_each_from_the_given_port():
+    objects = manifests("endpoints", "--workers", "4", "--port", "9000", "--metrics-port", "9100")
+    (container,) = pod_of(objects)["containers"]
+    assert container["resources"] == {
+        "requests": {"cpu": "4", "memory": f"{128 + 3 * 64}Mi"},
+        "limits": {"cpu": "4", "memory": f"{256 + 3 * 128}Mi"},
+    }
+    workers = {f"grpc-w{i}": 9001 + i for i in range(4)}
+    assert ports_of(container) == {"grpc": 9000, **workers, "metrics": 9100}
+    assert service_ports(objects)[1:] == [(name, n, name) for name, n in workers.items()]
+
+
+def test_the_endpoints_mode_slices_make_every_worker_an_endpoint():
+    """What the EndpointSlice controller makes of the Service (each port by name, numbered as
+    the pod numbers its targetPort) is what the k8s:// resolver expands."""
+    objects = manifests("endpoints", "--workers", "3")
+    numbers = ports_of(pod_of(objects)["containers"][0])
+    ports = [{"name": name, "protocol": "TCP", "port": numbers[target]}
+             for name, _, target in service_ports(objects)]  # fmt: skip
+    found = read_slice(endpoint_slice("greeter-x1", "greeter", ["10.0.0.1"], ports=ports), "grpc")
+    assert {e.address for e in found.serving} == {"10.0.0.1:8081", "10.0.0.1:8082", "10.0.0.1:8083"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--workers", "0"), "gz: --workers 0: a pod runs at least 1 worker process"),
+        (("--workers", "-2"), "gz: --workers -2: a pod runs at least 1 worker process"),
+        (("--workers", "two"), "gz: Invalid value for '--workers': 'two' is not a valid integer"),
+        (("--workers", "3", "--port", "65533"), "gz: --workers 3 with --port 65533: the worker "
+         "ports would run to 65536, past 65535; pick a lower --port or fewer workers"),
+        (("--workers", "3", "--metrics-port", "8082"), "gz: the worker port grpc-w1 8082 is also "
+         "--metrics-port in the headless mode; pick another --metrics-port"),
+    ],
+)  # fmt: skip
+def test_bad_workers_exit_2_with_one_line_saying_why(extra, message):
+    code, out, err = run_gz("kube", "headless", "--name", "greeter", "--image", "g:1", *extra)
+    assert code == 2 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1, err
 
 
 def envoy_config(mode: str, *extra: str) -> dict:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..endpoint import Endpoint
 from ..tally import Tally
+from .ports import port_name_values, port_names, target_ports
 
 log = logging.getLogger("gz.discovery.k8s")
 
@@ -80,16 +81,16 @@ def read_slice(obj: Json, port: int | str) -> SliceEndpoints:
 
 
 def _read_slice(obj: Json, port: int | str, problems: list[str]) -> SliceEndpoints:
-    port_names = frozenset(_port_names(obj))
-    odd_names = [n for n in _port_name_values(obj) if not isinstance(n, str)]
+    names = frozenset(port_names(obj))
+    odd_names = [n for n in port_name_values(obj) if not isinstance(n, str)]
     if odd_names:
         problems.append(f"has port names that are not strings ({', '.join(map(repr, odd_names))})")
-    number = _port_number(obj, port, problems)
+    numbers = target_ports(obj, port, problems)
     check = _ADDRESS_TYPES.get(obj.get("addressType", ""))
     if check is None:
         problems.append(f"has an unsupported addressType {obj.get('addressType')!r}")
-    if number is None or check is None:
-        return SliceEndpoints(port_names=port_names, problems=tuple(problems))
+    if not numbers or check is None:
+        return SliceEndpoints(port_names=names, problems=tuple(problems))
     serving: set[Endpoint] = set()
     terminating: set[Endpoint] = set()
     for index, item in enumerate(obj.get("endpoints") or ()):
@@ -98,42 +99,12 @@ def _read_slice(obj: Json, port: int | str, problems: list[str]) -> SliceEndpoin
             continue
         is_serving, is_terminating = _conditions(item)
         if is_serving:
-            endpoint = Endpoint(address, number, _zone(item), _for_zones(item))
-            (terminating if is_terminating else serving).add(endpoint)
-    return SliceEndpoints(frozenset(serving), frozenset(terminating), port_names, tuple(problems))
-
-
-def _port_names(obj: Json) -> Iterable[str]:
-    """The names of the slice's ports ("" for an unnamed one); a name that is not a string
-    cannot match a target's port name and is left out."""
-    return (name for name in _port_name_values(obj) if isinstance(name, str))
-
-
-def _port_name_values(obj: Json) -> Iterable[Any]:
-    for item in obj.get("ports") or ():
-        if isinstance(item, Mapping):
-            yield item.get("name") or ""
-
-
-def _port_number(obj: Json, wanted: int | str, problems: list[str]) -> int | None:
-    """A numbered target port is dialled as is; a named one is looked up in this slice, since
-    pods behind one Service may number the same named port differently."""
-    if isinstance(wanted, int):
-        return wanted
-    ports = obj.get("ports") or ()
-    if not ports:
-        problems.append("has no ports")
-        return None
-    for item in ports:
-        if isinstance(item, Mapping) and (item.get("name") or "") == wanted:
-            number = item.get("port")
-            if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 65536:
-                problems.append(f"has port {wanted!r} without a usable number ({number!r})")
-                return None
-            return number
-    names = ", ".join(sorted(repr(n) for n in _port_names(obj)))
-    problems.append(f"has no port named {wanted!r} (its ports: {names})")
-    return None
+            zone, for_zones = _zone(item), _for_zones(item)
+            # one endpoint per worker port, each with its address's place and state
+            (terminating if is_terminating else serving).update(
+                Endpoint(address, number, zone, for_zones) for number in numbers
+            )
+    return SliceEndpoints(frozenset(serving), frozenset(terminating), names, tuple(problems))
 
 
 def _first_address(
