@@ -28,11 +28,19 @@ _BIND_PROBLEMS = {
 
 
 def add_port(
-    server: grpc.aio.Server, settings: ServerSettings, credentials: grpc.ServerCredentials | None
+    server: grpc.aio.Server,
+    settings: ServerSettings,
+    credentials: grpc.ServerCredentials | None,
+    worker_address: str | None = None,
 ) -> int:
-    """Bind GZ_LISTEN; the bound port. OSError naming GZ_LISTEN and why when grpc cannot bind,
-    SettingsError naming GZ_TLS_CERT/KEY when grpc refuses them."""
-    listen = settings.listen
+    """Bind GZ_LISTEN (or a worker's own address); the bound port. OSError naming the variable
+    and why when grpc cannot bind, SettingsError naming GZ_TLS_CERT/KEY when grpc refuses them."""
+    listen = worker_address or settings.listen
+    culprit = (
+        f"{listen} (a worker's own port: GZ_WORKER_PORT)"
+        if worker_address
+        else f"GZ_LISTEN={listen}"
+    )
     with held_stderr() as held:
         try:
             port = (
@@ -60,7 +68,7 @@ def add_port(
         reason = "another process listens there, or the host is not an address of this machine"
         if grpc_says:
             reason += f" (grpc: {grpc_says[-1]})"
-    raise OSError(f"cannot listen on GZ_LISTEN={listen}: {reason}")
+    raise OSError(f"cannot listen on {culprit}: {reason}")
 
 
 def _grpc_log_lines(text: str) -> tuple[list[str], str]:

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 from .netaddr import join_host_port
 
 if TYPE_CHECKING:
-    from .probes import ProbeServer
+    from collections.abc import Mapping
+
+    from .probes import Page, ProbeServer
     from .settings import ClientSettings
 
 log = logging.getLogger("gz.probes")
@@ -28,8 +30,9 @@ _started = False  # a server or connect() started an HTTP side in this process
 _client_side: ProbeServer | None = None  # connect()'s, until a server takes it over
 
 
-def server_side(host: str, port: int) -> ProbeServer:
-    """The HTTP side of a server that is starting, serving and not yet ready."""
+def server_side(host: str, port: int, pages: Mapping[str, Page] | None = None) -> ProbeServer:
+    """The HTTP side of a server that is starting, serving and not yet ready (``pages``: see
+    ProbeServer)."""
     global _started, _client_side
     with _lock:
         _started = True
@@ -39,7 +42,7 @@ def server_side(host: str, port: int) -> ProbeServer:
             side.ready = False
             log.info("the server takes over the HTTP side connect() started on port %d", port)
             return side
-        return _start(host, port)
+        return _start(host, port, pages)
 
 
 def client_side(settings: ClientSettings) -> None:
@@ -57,11 +60,11 @@ def client_side(settings: ClientSettings) -> None:
         _started, _client_side = True, side
 
 
-def _start(host: str, port: int) -> ProbeServer:
+def _start(host: str, port: int, pages: Mapping[str, Page] | None = None) -> ProbeServer:
     from .probes import ProbeServer  # prometheus_client: only for processes that serve metrics
 
     try:
-        side = ProbeServer(host, port)
+        side = ProbeServer(host, port, pages)
     except OSError as error:
         raise OSError(
             f"cannot listen on GZ_METRICS_PORT={port} on {host} (GZ_METRICS_HOST, else the"

@@ -38,6 +38,9 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            line = f"{line} worker={worker}"
         trace_id = getattr(record, "trace_id", None)
         if trace_id is None:
             return line
@@ -67,10 +70,26 @@ def count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+class WorkerIndex(logging.Filter):
+    """Sets ``worker`` on every record of a GZ_WORKERS worker: the JSON field ``worker``, or
+    `` worker=N`` after the message in text."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text", worker: int | None = None) -> None:
+    """Log to stderr; ``worker``: the index of this GZ_WORKERS worker, if it is one."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(TraceIds())
+    if worker is not None:
+        handler.addFilter(WorkerIndex(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -29,6 +29,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -53,7 +54,8 @@ BACKLOG = socket.SOMAXCONN
 """Connections the kernel queues until the thread accepts them: a burst of connects waits for
 none of its SYNs to be sent again (the kernel caps it at net.core.somaxconn)."""
 
-_PATHS = ("/metrics", "/healthz", "/readyz", *debug_targets.PATHS)
+Page = Callable[[Mapping[str, str]], tuple[int, bytes, str]]
+"""A path's answer: the request headers -> (status, body, content type)."""
 _METHODS = ("GET", "HEAD")
 _TEXT = "text/plain; charset=utf-8"
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -61,10 +63,12 @@ _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 class ProbeServer:
     """Binds host:port at once (port 0: any free one, see ``.port``); ``start()`` serves,
-    ``close()`` stops and closes every connection. ``ready`` is what /readyz reports."""
+    ``close()`` stops and closes every connection. ``ready`` is what /readyz reports; ``pages``
+    answer the other paths (default: this process's /metrics and /debug/targets)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, pages: Mapping[str, Page] | None = None) -> None:
         self.ready = False
+        self._pages = process_pages() if pages is None else pages
         self._listener = _listen(host, port)
         self.port: int = self._listener.getsockname()[1]
         self._selector = selectors.DefaultSelector()
@@ -230,25 +234,40 @@ class ProbeServer:
         path = _path(request.target)
         extra: tuple[str, ...] = ()
         content_type = _TEXT
-        if path not in _PATHS:
-            status, body = 404, b"not found: try /metrics, /healthz, /readyz or /debug/targets\n"
+        page = self._pages.get(path)
+        if page is None and path not in _PROBES:
+            paths = ", ".join([*self._pages, *_PROBES])
+            status, body = 404, f"not found: try {paths}\n".encode()
         elif request.method not in _METHODS:
             status, body, extra = 405, b"method not allowed: use GET\n", ("Allow: GET, HEAD",)
-        elif path == "/metrics":
-            encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        elif page is not None:
             try:
-                status, body = 200, encoder(REGISTRY)
+                status, body, content_type = page(request.headers)
             except Exception:
-                log.exception("HTTP side: collecting /metrics failed")
-                status, body, content_type = 500, b"collecting metrics failed\n", _TEXT
-        elif path in debug_targets.PATHS:
-            status, body, content_type = debug_targets.answer(path)
+                log.exception("HTTP side: answering %s failed", path)
+                status, body = 500, f"answering {path} failed\n".encode()
         elif path == "/healthz":
             status, body = 200, b"ok\n"
         else:
             ready = self.ready
             status, body = (200, b"ready\n") if ready else (503, b"not ready\n")
         return _reply(status, body, content_type, request=request, extra=extra)
+
+
+_PROBES = ("/healthz", "/readyz")
+
+
+def process_pages() -> dict[str, Page]:
+    """/metrics (prometheus_client's default registry) and /debug/targets of this process."""
+    pages: dict[str, Page] = {"/metrics": _metrics}
+    for path in debug_targets.PATHS:
+        pages[path] = lambda _headers, path=path: debug_targets.answer(path)
+    return pages
+
+
+def _metrics(headers: Mapping[str, str]) -> tuple[int, bytes, str]:
+    encoder, content_type = choose_encoder(headers.get("accept", ""))
+    return 200, encoder(REGISTRY), content_type
 
 
 class _Connection:

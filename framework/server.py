@@ -25,6 +25,7 @@ from .servicers import generated_bases, unimplemented
 from .settings import ServerSettings
 from .tls import server_credentials
 from .variables import warn_unknown_variables
+from .workers.link import WorkerLink
 
 if TYPE_CHECKING:
     from .probes import ProbeServer
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gz.server")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Server:
@@ -60,10 +62,17 @@ class Server:
         self._default_middleware = default_middleware
         self.probes: ProbeServer | None = None  # the GZ_METRICS_PORT endpoint, once started
         self._registration = registration or registration_for(settings, service.name)
+        self._registered = False
         self._stopping: asyncio.Task[None] | None = None
+        # one of GZ_WORKERS processes: it also listens on a port of its own, which is the one
+        # it registers, and serves only while every worker of the instance does
+        self._link = WorkerLink.from_env()
+        self._following: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Listen, report SERVING, then register: a registered address never refuses calls."""
+        """Listen, report SERVING, then register: a registered address never refuses calls.
+        A worker of several reports SERVING and registers once its supervisor says that every
+        worker listens."""
         warn_unknown_variables()  # a typo in a GZ_* name is otherwise silent
         # grpc.aio objects belong to the running loop, so they are made here, not in __init__.
         middleware = self._middleware
@@ -71,32 +80,46 @@ class Server:
             middleware = (*server_middleware(self.settings, self.service.name), *middleware)
         credentials = server_credentials(self.settings)
         self._executor = ThreadPoolExecutor(thread_name_prefix=f"gz-{self.service.name}")
-        self._server = grpc.aio.server(
-            migration_thread_pool=self._executor, options=server_options(self.settings)
-        )
+        options = server_options(self.settings, shared_port=self._link is not None)
+        self._server = grpc.aio.server(migration_thread_pool=self._executor, options=options)
         self._health = health.aio.HealthServicer()
         self.service_names = self._add_servicers(middleware)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if self.settings.reflection:
             self._add_reflection(middleware)
         self.port = add_port(self._server, self.settings, credentials)
+        if self._link is not None:  # the port registered is the worker's own
+            self.port = add_port(self._server, self.settings, credentials, self._link.own)
         listen_host, _ = parse_host_port(self.settings.listen, listening=True)
         if self.settings.metrics_port is not None:
             metrics_host = self.settings.metrics_host or listen_host
             self.probes = server_side(metrics_host, self.settings.metrics_port)
+        for name in ("", *self.service_names):  # grpc's health says SERVING for "" at first
+            await self._health.set(name, NOT_SERVING)
         await self._server.start()
         host = advertise_host(listen_host, self.settings.advertise_host)
         self.address = join_host_port(host, self.port)
         await self.service.on_start()
-        for name in ("", *self.service_names):
-            await self._health.set(name, SERVING)
-        await self._registration.register(self.address)
-        if self.probes is not None:
-            self.probes.ready = True
         log.info(
             "serving %s on %s (listening on %s; services: %s)",
             self.service.name, self.address, self.settings.listen, ", ".join(self.service_names),
         )  # fmt: skip
+        if self._link is None:
+            await self._set_serving(True)
+            return
+        await self._link.open()
+        await self._link.listening(self.port, None if self.probes is None else self.probes.port)
+        self._following = asyncio.ensure_future(self._link.follow(self._set_serving))
+
+    async def _set_serving(self, serving: bool) -> None:
+        """Health of every service, then the registration (once) and /readyz."""
+        for name in ("", *self.service_names):
+            await self._health.set(name, SERVING if serving else NOT_SERVING)
+        if serving and not self._registered:
+            self._registered = True
+            await self._registration.register(self.address)
+        if self.probes is not None:
+            self.probes.ready = serving
 
     def _add_servicers(self, middleware: Sequence[Middleware]) -> list[str]:
         """Register every generated servicer base of the service, with ``middleware`` applied."""
@@ -135,6 +158,8 @@ class Server:
         await asyncio.shield(self._stopping)
 
     async def _stop(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
         if self.probes is not None:
             self.probes.ready = False
         await self._health.enter_graceful_shutdown()
@@ -185,11 +210,12 @@ class Server:
                 loop.remove_signal_handler(signum)
 
 
-def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+def server_options(settings: ServerSettings, *, shared_port: bool = False) -> list[tuple[str, int]]:
     """Keepalive set explicitly on both sides: gz clients ping every 5 min while calls are
     active, and a gz server accepts pings every 10 s even without calls, so no client's pings
     earn a too_many_pings GOAWAY. GZ_MAX_CONNECTION_AGE closes connections gracefully
-    after that age so that clients behind an L4 load balancer reconnect and spread."""
+    after that age so that clients behind an L4 load balancer reconnect and spread.
+    ``shared_port``: the workers of one instance share the listen port (SO_REUSEPORT)."""
     options = [
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -197,7 +223,7 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 20_000),
         # grpc shares a port between processes by default (SO_REUSEPORT); a second server on
         # a taken port must fail to start instead of silently taking half of its connections
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(shared_port)),
     ]
     if settings.max_connection_age:
         options += [

@@ -11,6 +11,7 @@ from .logs import configure_logging
 from .middleware import Middleware
 from .server import Server
 from .settings import ServerSettings, SettingsError
+from .workers.link import WorkerLink
 
 
 class Service:
@@ -62,14 +63,24 @@ class Service:
 
 def run(service_class: type[Service], **overrides: object) -> int:
     """What ``Service.main()`` and ``gz run`` do; returns the process exit code. ``overrides``
-    win over the environment, as in ``from_env`` (``gz run --listen``)."""
+    win over the environment, as in ``from_env`` (``gz run --listen``). With GZ_WORKERS above 1
+    this process supervises that many copies of itself, each of which serves."""
+    link = WorkerLink.from_env()
     try:
         settings = service_class.settings_class.from_env(**overrides)
     except SettingsError as error:
         print(f"gz: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    if link is not None:
+        settings = link.worker_settings(settings)
+    configure_logging(
+        settings.log_level, settings.log_format, worker=None if link is None else link.index
+    )
     try:
+        if link is None and settings.workers > 1:
+            from .workers.supervisor import supervise
+
+            return supervise(settings)
         return asyncio.run(service_class(settings).serve())
     except SettingsError as error:  # e.g. OTEL_TRACES_EXPORTER, read when the server starts
         print(f"gz: {error}", file=sys.stderr)

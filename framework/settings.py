@@ -252,6 +252,16 @@ def _lease_ttl(value: object) -> int:
 
 LeaseTtl = Annotated[int, BeforeValidator(_lease_ttl)]
 
+
+def _workers(value: object) -> int:
+    from .workers.count import parse_workers  # reads cgroup files only for `auto`
+
+    return parse_workers(value)
+
+
+Workers = Annotated[int, NoDecode, BeforeValidator(_workers)]
+"""GZ_WORKERS: a number of processes, or ``auto`` (one per CPU the container may use)."""
+
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -344,6 +354,8 @@ class ServerSettings(EtcdSettings, MiddlewareSettings):
     shed_cpu: float | None = Field(default=None, gt=0, le=100)
     max_concurrency: int | None = Field(default=None, ge=1)
     auth_tokens: TokenList = Field(default_factory=list)
+    workers: Workers = 1
+    worker_port: int | None = Field(default=None, ge=0, le=65535)  # unset: the listen port + 1
 
     @field_validator("listen")
     @classmethod
@@ -367,6 +379,23 @@ class ServerSettings(EtcdSettings, MiddlewareSettings):
                 "(GZ_TLS_CA then requires client certificates signed by that CA)"
             )
         return ca
+
+    def worker_ports(self) -> list[int]:
+        """The port of each worker of its own (0: any free one), beside the shared listen port.
+        Only with GZ_WORKERS above 1."""
+        first = self.worker_port
+        if first is None:
+            _, port = parse_host_port(self.listen, listening=True)
+            first = port + 1 if port else 0
+        return [first + index if first else 0 for index in range(self.workers)]
+
+    @field_validator("worker_port")
+    @classmethod
+    def _room_for_every_worker(cls, port: int | None, info: ValidationInfo) -> int | None:
+        workers = info.data.get("workers", 1)
+        if port and port + workers - 1 > 65535:
+            raise ValueError(f"{workers} workers need ports {port} to {port + workers - 1}")
+        return port
 
     @field_validator("log_level", mode="before")
     @classmethod
