@@ -215,3 +215,20 @@ def test_worker_ports_follow_the_listen_port_unless_set():
     assert gz.ServerSettings.from_env(listen="127.0.0.1:0", workers="2").worker_ports() == [0, 0]
     with pytest.raises(gz.SettingsError, match=r"GZ_WORKER_PORT.*ports 65535 to 65536"):
         gz.ServerSettings.from_env(workers="2", worker_port="65535")
+
+
+async def test_workers_outlive_no_killed_supervisor(server_process):
+    process = server_process(
+        GZ_WORKERS="2", GZ_WORKER_PORT="0", GZ_METRICS_PORT=str(free_port()),
+        GZ_METRICS_HOST="127.0.0.1",
+    )  # fmt: skip
+    process.http = f"http://127.0.0.1:{process.env['GZ_METRICS_PORT']}"
+    await process.wait_serving()
+    pids = [worker["pid"] for worker in workers_view(process)["workers"]]
+    process.signal(signal.SIGKILL)
+
+    def workers_gone() -> bool:
+        return not any(alive(pid) for pid in pids)
+
+    await wait_until(workers_gone, 10, "every worker gone after its supervisor was killed")
+    assert process.stderr().count("the supervisor is gone; shutting down") == 2
