@@ -232,3 +232,30 @@ async def test_workers_outlive_no_killed_supervisor(server_process):
 
     await wait_until(workers_gone, 10, "every worker gone after its supervisor was killed")
     assert process.stderr().count("the supervisor is gone; shutting down") == 2
+
+
+FAILING_AFTER_A_WHILE = """
+import os, pathlib, sys
+if os.environ.get("_GZ_WORKER") and pathlib.Path(sys.argv[1]).exists():
+    raise RuntimeError("cannot start any more")
+from examples.greeter.server import Greeter
+Greeter.main()
+"""
+
+
+async def test_a_worker_that_keeps_failing_to_restart_stops_the_instance(server_process, tmp_path):
+    marker = tmp_path / "broken"
+    process = server_process(
+        "-c", FAILING_AFTER_A_WHILE, str(marker), GZ_WORKERS="2", GZ_WORKER_PORT="0",
+        GZ_METRICS_PORT=str(free_port()), GZ_METRICS_HOST="127.0.0.1",
+    )  # fmt: skip
+    process.http = f"http://127.0.0.1:{process.env['GZ_METRICS_PORT']}"
+    await process.wait_serving()
+    pids = [worker["pid"] for worker in workers_view(process)["workers"]]
+    marker.touch()
+    os.kill(pids[1], signal.SIGKILL)
+    assert await process.wait_exit() == 1
+    stderr = process.stderr()
+    assert stderr.count("RuntimeError: cannot start any more") == 5
+    assert "worker 1 exited with code 1 5 times in a row before it listened" in stderr
+    assert not any(alive(pid) for pid in pids)

@@ -116,7 +116,16 @@ class Supervisor:
         return code
 
     async def _keep(self, worker: Worker) -> None:
-        """Run one worker, and again whenever it dies, until the instance stops."""
+        """Run one worker, and again whenever it dies, until the instance stops; a worker that
+        cannot even be started (no such interpreter, out of processes) stops the instance."""
+        try:
+            await self._keep_running(worker)
+        except Exception:
+            log.exception("worker %d: cannot start or follow it: stopping the instance",
+                          worker.index)  # fmt: skip
+            self._fail(1)
+
+    async def _keep_running(self, worker: Worker) -> None:
         backoff = Backoff(first=0.1, cap=10.0)
         failures = 0  # exits in a row before listening
         while True:
@@ -161,6 +170,8 @@ class Supervisor:
         finally:
             theirs.close()
         worker.process, worker.pid = process, process.pid
+        if self.stopping:  # the instance began to stop while this worker was being started
+            process.send_signal(signal.SIGTERM)
         worker.listening, worker.started = False, time.monotonic()
         reader, worker.writer = await asyncio.open_unix_connection(sock=mine)
         with contextlib.suppress(ConnectionError):
