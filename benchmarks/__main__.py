@@ -18,10 +18,10 @@ import time
 from .report import Result, machine, render
 
 SCENARIOS = ("client_overhead", "server_overhead", "proxy", "balance", "convergence", "scale",
-             "startup", "sync_client", "server_bisect", "instructions")  # fmt: skip
+             "startup", "sync_client", "server_bisect", "instructions", "workers")  # fmt: skip
 TIMEOUT = {"quick": 60.0, "full": 150.0}  # seconds per scenario
 # scenarios that take longer than that in a full run
-FULL_TIMEOUT = {"server_bisect": 420.0, "instructions": 300.0}
+FULL_TIMEOUT = {"server_bisect": 420.0, "instructions": 300.0, "workers": 300.0}
 
 
 def run_scenario(name: str, quick: bool) -> Result:

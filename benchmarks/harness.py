@@ -264,22 +264,32 @@ async def h2load_round(target: H2Target, calls: int, concurrency: int, samples: 
     """load_round with h2load as the client (one thread, fresh connections each round): adds
     its rate, the latency of each call (its --log-file) and its CPU (as client CPU). A call
     that does not end in HTTP 200 raises; gRPC's status (a trailer) is not checked."""
-    assert H2LOAD is not None, "h2load is not installed (apt-get install nghttp2-client)"
     connections, streams = h2load_shape(concurrency)
-    calls = max(calls, connections * streams)
     address = target.next_address()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rate = await run_h2load(address, target.path, target.body, calls, connections, streams,
+                            samples)  # fmt: skip
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    samples.client_cpu += (children.ru_utime - children_before.ru_utime
+                           + children.ru_stime - children_before.ru_stime)  # fmt: skip
+    samples.rates.append(rate)
+
+
+async def run_h2load(
+    address: str, path: str, body: str, calls: int, connections: int, streams: int,
+    samples: Samples,
+) -> float:  # fmt: skip
+    """One h2load run of ``calls`` unary calls to ``address`` + ``path``: adds the latency of
+    each call to ``samples``; its own rate (calls/s). Raises unless every call got HTTP 200."""
+    assert H2LOAD is not None, "h2load is not installed (apt-get install nghttp2-client)"
     with tempfile.NamedTemporaryFile(prefix="h2load-", suffix=".log") as log:
-        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         process = await asyncio.create_subprocess_exec(
             H2LOAD, "-n", str(calls), "-c", str(connections), "-m", str(streams), "-t", "1",
-            "-d", target.body, "-H", "content-type: application/grpc", "-H", "te: trailers",
-            "--log-file", log.name, f"http://{address}{target.path}",
+            "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers",
+            "--log-file", log.name, f"http://{address}{path}",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         output = (await process.communicate())[0].decode(errors="replace")
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        samples.client_cpu += (children.ru_utime - children_before.ru_utime
-                               + children.ru_stime - children_before.ru_stime)  # fmt: skip
         done, rate = _H2LOAD_DONE.search(output), _H2LOAD_RATE.search(output)
         if process.returncode or not done or not rate or int(done[2]) != calls:
             raise RuntimeError(f"h2load against {address}: {output.strip()[-400:]}")
@@ -288,7 +298,7 @@ async def h2load_round(target: H2Target, calls: int, concurrency: int, samples: 
             if status != "200":
                 raise RuntimeError(f"h2load against {address}: HTTP status {status}")
             samples.latencies.append(int(micros) / 1e6)
-    samples.rates.append(float(rate[1]))
+    return float(rate[1])
 
 
 Load = Callable[[Any, int, int, Samples], Awaitable[None]]  # load_round, thread_round, h2load_round

@@ -33,11 +33,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from prometheus_client import REGISTRY
-from prometheus_client.exposition import choose_encoder
-
-from . import debug_targets
-
 log = logging.getLogger("gz.probes")
 
 REQUEST_TIMEOUT = 5.0
@@ -259,6 +254,8 @@ _PROBES = ("/healthz", "/readyz")
 
 def process_pages() -> dict[str, Page]:
     """/metrics (prometheus_client's default registry) and /debug/targets of this process."""
+    from . import debug_targets  # grpc: not for a GZ_WORKERS supervisor, which has pages of its own
+
     pages: dict[str, Page] = {"/metrics": _metrics}
     for path in debug_targets.PATHS:
         pages[path] = lambda _headers, path=path: debug_targets.answer(path)
@@ -266,6 +263,9 @@ def process_pages() -> dict[str, Page]:
 
 
 def _metrics(headers: Mapping[str, str]) -> tuple[int, bytes, str]:
+    from prometheus_client import REGISTRY
+    from prometheus_client.exposition import choose_encoder
+
     encoder, content_type = choose_encoder(headers.get("accept", ""))
     return 200, encoder(REGISTRY), content_type
 

@@ -78,9 +78,9 @@ def run(service_class: type[Service], **overrides: object) -> int:
     )
     try:
         if link is None and settings.workers > 1:
-            from .workers.supervisor import supervise
+            from .workers.supervisor import Plan, hand_over
 
-            return supervise(settings)
+            hand_over(Plan.of(service_class.__name__, settings))
         return asyncio.run(service_class(settings).serve())
     except SettingsError as error:  # e.g. OTEL_TRACES_EXPORTER, read when the server starts
         print(f"gz: {error}", file=sys.stderr)

@@ -60,6 +60,11 @@ async def wait_workers_registered(etcd, process, count: int, *others) -> set[str
     return addresses
 
 
+def loaded_libraries(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as maps:
+        return maps.read()
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -225,6 +230,9 @@ async def test_workers_outlive_no_killed_supervisor(server_process):
     process.http = f"http://127.0.0.1:{process.env['GZ_METRICS_PORT']}"
     await process.wait_serving()
     pids = [worker["pid"] for worker in workers_view(process)["workers"]]
+    # the supervisor is the started process itself (exec), without grpc's library loaded
+    assert "cygrpc" not in loaded_libraries(process.process.pid)
+    assert "cygrpc" in loaded_libraries(pids[0])
     process.signal(signal.SIGKILL)
 
     def workers_gone() -> bool:

@@ -17,10 +17,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ..probes import Page
-from .exposition import merge
-
 if TYPE_CHECKING:
+    from ..probes import Page
     from .supervisor import Supervisor
 
 log = logging.getLogger("gz.workers")
@@ -33,6 +31,8 @@ _TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 def instance_pages(supervisor: Supervisor) -> dict[str, Page]:
     def metrics(_headers: Mapping[str, str]) -> tuple[int, bytes, str]:
+        from .exposition import merge  # prometheus_client: once something scrapes
+
         texts = []
         for worker in supervisor.workers:
             text = _fetch(worker.metrics_port, "/metrics") if worker.listening else None

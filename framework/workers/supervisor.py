@@ -1,6 +1,9 @@
 """The supervisor of a GZ_WORKERS instance: N worker processes that serve as one.
 
-It starts each worker as the same command line it was started with (``sys.orig_argv``), with
+The process started with GZ_WORKERS above 1 hands over to ``python -m gz.workers`` (exec: same
+pid, so signals and Kubernetes see no change), which imports neither grpc nor pydantic nor the
+service: a supervisor costs a small part of a worker's memory. It starts each worker as the
+command line the process was started with (``sys.orig_argv``), with
 ``_GZ_WORKER`` telling the worker its index, the shared address and its own. It reports the
 instance SERVING (to every worker, which reports it on gRPC health, and on /readyz) only while
 every worker listens; restarts a worker that dies, with backoff; and on SIGTERM stops every worker
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -21,15 +26,15 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ..backoff import Backoff
 from ..netaddr import join_host_port, parse_host_port
-from ..settings import ServerSettings
 from .link import VARIABLE, WorkerLink
 
 if TYPE_CHECKING:
     from ..probes import ProbeServer
+    from ..settings import ServerSettings
 
 log = logging.getLogger("gz.workers")
 
@@ -37,6 +42,45 @@ STABLE = 10.0
 """Seconds a worker must have served for its next crash to restart it without delay."""
 START_FAILURES = 5
 """A worker that exits this many times in a row before listening stops the instance."""
+
+
+PLAN = "_GZ_INSTANCE"
+"""The Plan, as JSON, from the service's process to the supervisor that replaces it."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the supervisor needs of the service's settings and command line."""
+
+    service: str  # the Service class's name, for messages
+    command: list[str]  # each worker's command line, after the interpreter
+    listen: str  # GZ_LISTEN
+    worker_ports: list[int]  # each worker's own port (0: any free one)
+    metrics_host: str  # the HTTP side, if metrics_port is set
+    metrics_port: int | None
+    log_level: str
+    log_format: str
+
+    @classmethod
+    def of(cls, service: str, settings: ServerSettings) -> Plan:
+        host, _ = parse_host_port(settings.listen, listening=True)
+        return cls(
+            service, sys.orig_argv[1:], settings.listen, settings.worker_ports(),
+            settings.metrics_host or host, settings.metrics_port, settings.log_level,
+            settings.log_format,
+        )  # fmt: skip
+
+
+def hand_over(plan: Plan) -> NoReturn:
+    """Replace this process with the supervisor of ``plan``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    environ = {**os.environ, PLAN: json.dumps(dataclasses.asdict(plan))}
+    os.execve(sys.executable, [sys.executable, "-m", "gz.workers"], environ)
+
+
+def read_plan() -> Plan:
+    return Plan(**json.loads(os.environ.pop(PLAN)))
 
 
 @dataclass
@@ -60,13 +104,12 @@ class Worker:
 class Supervisor:
     """``run()`` serves the instance until SIGTERM/SIGINT and returns the exit code."""
 
-    def __init__(self, settings: ServerSettings, listen: str) -> None:
-        self.settings = settings
+    def __init__(self, plan: Plan, listen: str) -> None:
+        self.command = plan.command
         self.listen = listen  # the shared address, with its real port
         host, _ = parse_host_port(listen, listening=True)
         self.workers = [
-            Worker(index, join_host_port(host, own))
-            for index, own in enumerate(settings.worker_ports())
+            Worker(index, join_host_port(host, own)) for index, own in enumerate(plan.worker_ports)
         ]
         self.serving = False  # what the workers were last told
         self.served = False  # the instance has served once: later start failures are retried
@@ -159,7 +202,7 @@ class Supervisor:
         link = WorkerLink(worker.index, theirs.fileno(), self.listen, worker.own)
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, *sys.orig_argv[1:],
+                sys.executable, *self.command,
                 env={**os.environ, VARIABLE: link.to_env()},
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,
@@ -228,21 +271,20 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-def supervise(settings: ServerSettings) -> int:
+def supervise(plan: Plan) -> int:
     """Serve one instance as GZ_WORKERS processes; the exit code. OSError when a port is taken."""
-    host, port = parse_host_port(settings.listen, listening=True)
+    host, port = parse_host_port(plan.listen, listening=True)
     with _shared_port(host, port) as port:
-        for own in settings.worker_ports():
+        for own in plan.worker_ports:
             if own:
                 _check_free(host, own, f"{join_host_port(host, own)} (GZ_WORKER_PORT)")
-        supervisor = Supervisor(settings, join_host_port(host, port))
-        if settings.metrics_port is not None:
-            from ..httpside import server_side  # prometheus_client: only with an HTTP side
+        supervisor = Supervisor(plan, join_host_port(host, port))
+        if plan.metrics_port is not None:
+            from ..httpside import server_side
             from .side import instance_pages
 
-            supervisor.side = server_side(
-                settings.metrics_host or host, settings.metrics_port, instance_pages(supervisor)
-            )
+            pages = instance_pages(supervisor)
+            supervisor.side = server_side(plan.metrics_host, plan.metrics_port, pages)
         try:
             return asyncio.run(supervisor.run())
         finally:
