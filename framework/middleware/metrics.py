@@ -299,8 +299,18 @@ class _UnaryMetrics(CallObserver):
 
 
 class _ServerUnaryMetrics(_UnaryMetrics):
-    """A server's unary-unary method: _UnaryMetrics's end with its choices made once, as every
-    server call pays for it."""
+    """A server's unary-unary method: _UnaryMetrics's begin and end with their choices made
+    once, as every server call pays for them."""
+
+    def begin(self, ctx: CallContext) -> None:
+        stats = self.stats
+        lock = stats.lock
+        lock.acquire()
+        try:
+            stats.started += 1
+            stats.received += 1
+        finally:
+            lock.release()
 
     def end(self, ctx: CallContext, token: None, error: BaseException | None) -> None:
         stats = self.stats
