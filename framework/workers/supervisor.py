@@ -172,11 +172,11 @@ class Supervisor:
         backoff = Backoff(first=0.1, cap=10.0)
         failures = 0  # exits in a row before listening
         while True:
-            await self._run_once(worker)
+            listened = await self._run_once(worker)
             if self.stopping:
                 return
             self._update_health()
-            if worker.listening:
+            if listened:
                 failures = 0
                 if time.monotonic() - worker.started >= STABLE:
                     backoff.reset()
@@ -186,7 +186,7 @@ class Supervisor:
                     times = f" {failures} times in a row" if failures > 1 else ""
                     log.error("worker %d %s%s before it listened: stopping the instance",
                               worker.index, worker.last_exit, times)  # fmt: skip
-                    return self._fail(worker.code or 1)
+                    return self._fail(worker.code if worker.code and worker.code > 0 else 1)
             delay = backoff.next_delay()
             log.warning("worker %d (pid %d) %s; restarting it in %.2fs", worker.index,
                         worker.pid, worker.last_exit, delay)  # fmt: skip
@@ -196,8 +196,8 @@ class Supervisor:
                 return
             worker.restarts += 1
 
-    async def _run_once(self, worker: Worker) -> None:
-        """Start the worker and follow what it says until it exits."""
+    async def _run_once(self, worker: Worker) -> bool:
+        """Start the worker and follow what it says until it exits; whether it listened."""
         mine, theirs = socket.socketpair()
         link = WorkerLink(worker.index, theirs.fileno(), self.listen, worker.own)
         try:
@@ -223,17 +223,16 @@ class Supervisor:
                     worker.port, worker.metrics_port = int(words[1]), int(words[2])
                     worker.listening = True
                     self._update_health()
+        listened, worker.listening = worker.listening, False  # the line closed: it is going
         worker.code = await process.wait()
         worker.writer.close()
         worker.writer = None
         worker.last_exit = _describe_exit(worker.code)
+        return listened
 
     def _update_health(self) -> None:
         """The instance serves while every worker listens."""
-        self._tell(
-            not self.stopping
-            and all(worker.listening and worker.writer is not None for worker in self.workers)
-        )
+        self._tell(not self.stopping and all(worker.listening for worker in self.workers))
 
     def _tell(self, serving: bool) -> None:
         """Tell every worker the instance's health when it changes."""
