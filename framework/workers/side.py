@@ -17,6 +17,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ..netaddr import join_host_port, parse_host_port
+
 if TYPE_CHECKING:
     from ..probes import Page
     from .supervisor import Supervisor
@@ -80,8 +82,8 @@ def workers_view(supervisor: Supervisor) -> dict[str, object]:
 
 
 def _with_port(address: str, port: int) -> str:
-    host = address.rpartition(":")[0]
-    return f"{host}:{port}"
+    host, _ = parse_host_port(address, listening=True)
+    return join_host_port(host, port)
 
 
 def _json(view: object) -> tuple[int, bytes, str]:
