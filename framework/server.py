@@ -23,6 +23,7 @@ from .netaddr import advertise_host, join_host_port, parse_host_port
 from .registration import Registration, registration_for
 from .servicers import generated_bases, unimplemented
 from .settings import ServerSettings
+from .stopsignals import stop_signals
 from .tls import server_credentials
 from .variables import warn_unknown_variables
 from .workers.link import WorkerLink
@@ -186,11 +187,7 @@ class Server:
 
     async def serve(self) -> int:
         """Start, run until SIGTERM or SIGINT, drain; a second signal stops at once (exit 1)."""
-        loop = asyncio.get_running_loop()
-        signals: asyncio.Queue[int] = asyncio.Queue()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, signals.put_nowait, signum)
-        try:
+        with stop_signals() as signals:
             await self.start()
             first = await signals.get()
             log.info("%s: shutting down gracefully", signal.Signals(first).name)
@@ -205,9 +202,6 @@ class Server:
             stopping.cancel()
             await self.abort()
             return 1
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
 
 
 def server_options(settings: ServerSettings, *, shared_port: bool = False) -> list[tuple[str, int]]:

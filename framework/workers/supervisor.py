@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from ..backoff import Backoff
 from ..netaddr import join_host_port, parse_host_port
+from ..stopsignals import stop_signals
 from .link import VARIABLE, WorkerLink
 
 if TYPE_CHECKING:
@@ -119,15 +120,8 @@ class Supervisor:
         self._stopped = asyncio.Event()  # set with ``stopping``: ends a restart's backoff
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        signals: asyncio.Queue[int] = asyncio.Queue()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, signals.put_nowait, signum)
-        try:
+        with stop_signals() as signals:
             return await self._run(signals)
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
 
     async def _run(self, signals: asyncio.Queue[int]) -> int:
         self._failed = asyncio.get_running_loop().create_future()
